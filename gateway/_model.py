@@ -35,6 +35,7 @@ class PointConfig:
     """
 
     code: str
+    key: str = ""                      # name inside a profile; inline points: same as code
     name: str = ""
     register: int | None = None
     function: str = "holding"          # holding | input
