@@ -40,7 +40,7 @@ def point_constants(point: PointConfig) -> tuple[float, float]:
     h = zlib.crc32(point.code.encode())
     if point.counter:
         offset = 1000.0 + (h % 9000)          # 1000..9999 units at T0
-        rate = 1.0 + (h >> 8) % 200           # 1..200 units per hour
+        rate = 0.1 + ((h >> 8) % 200) / 10.0  # 0.1..20 units per hour
         return offset, rate
     mean = 10.0 + (h % 500)
     return mean, mean * 0.1
