@@ -27,7 +27,7 @@ _EARLIEST_TRUSTED = 1_577_836_800.0   # 2020-01-01T00:00:00Z: no real clock is e
 class _Timex(ctypes.Structure):
     # struct timex from linux/timex.h (64-bit longs on both arm64 and x86_64; ``long`` follows
     # the platform on 32-bit Raspberry Pi OS too).
-    _fields_ = [  # noqa: RUF012
+    _fields_ = [
         ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
         ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
         ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),

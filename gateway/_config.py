@@ -7,12 +7,12 @@ path (``meter[2].point[0].type``) and the fix; unknown keys are errors.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError
+from protocol import CreditCodeError, load_energy_types, validate_credit_code
+
 from ._model import (
     BUS_KINDS,
     BusConfig,
@@ -25,7 +25,7 @@ from ._model import (
 )
 from ._points import check_point, read_point_fields
 from ._profiles import load_profile
-from ._toml_table import Table
+from ._toml_table import Table, read_toml
 
 __all__ = ["load_config"]
 
@@ -39,13 +39,7 @@ _PROTOCOL_OF_BUS = {"modbus-rtu": "modbus", "modbus-tcp": "modbus", "dlt645": "d
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate ``path``. Raises ConfigError (or it wraps OSError as one)."""
     file = Path(path)
-    try:
-        with file.open("rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    raw = read_toml(file)
     base = file.resolve().parent
     top = Table(file, "", raw)
 
@@ -67,8 +61,6 @@ def _missing(t: Table, name: str, hint: str) -> Table:
 
 
 def _gateway_section(t: Table, base: Path) -> GatewaySection:
-    from protocol import CreditCodeError, validate_credit_code
-
     gid = t.req("id", str, hint='e.g. id = "GW0001"')
     t.check("id", gid, lambda v: bool(GATEWAY_ID_RE.match(v)),
             f"{gid!r} is not a gateway id: 1-32 of A-Z a-z 0-9 _ -")
@@ -97,8 +89,6 @@ def _store_section(t: Table) -> StoreConfig:
 
 
 def _energy_keys(top: Table) -> frozenset[str]:
-    from protocol import load_energy_types
-
     overrides = top.get("energy", dict, {})
     try:
         table = load_energy_types(overrides or None)
@@ -274,7 +264,7 @@ def _destinations(top: Table, base: Path) -> list[DestinationConfig]:
             raise t.error("url", "plain mqtt:// sends data unencrypted and unauthenticated; use "
                                  "mqtts://, or set insecure = true for a test broker")
 
-        def path_of(key: str) -> Path | None:
+        def path_of(key: str, t: Table = t) -> Path | None:
             value = t.get(key, str)
             return (base / value).resolve() if value is not None else None
 

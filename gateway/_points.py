@@ -46,7 +46,8 @@ def read_point_fields(t: Table) -> dict[str, Any]:
     return out
 
 
-def check_point(t: Table, fields: dict[str, Any], protocol: str, energy_keys: frozenset[str]) -> None:
+def check_point(t: Table, fields: dict[str, Any], protocol: str,
+                energy_keys: frozenset[str]) -> None:
     """Checks that need the merged point and the bus protocol; errors are located at ``t``."""
     code = fields.get("code", "")
     if not POINT_CODE_RE.match(code):
@@ -73,4 +74,5 @@ def check_point(t: Table, fields: dict[str, Any], protocol: str, energy_keys: fr
     elif protocol == "cjt188":
         di = fields.get("di")
         if di is None or not _CJT188_DI_RE.match(di):
-            raise t.error("di", f"{di!r} is not a CJ/T 188 data identifier (4 hex digits, e.g. \"901F\")")
+            raise t.error("di", f"{di!r} is not a CJ/T 188 data identifier "
+                                "(4 hex digits, e.g. \"901F\")")

@@ -8,15 +8,13 @@ file (relative to the configuration file) for a site's own meter.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
 from ._points import read_point_fields
-from ._toml_table import Table
+from ._toml_table import Table, read_toml
 
 __all__ = ["PROTOCOLS", "Profile", "builtin_profiles", "load_profile"]
 
@@ -60,11 +58,7 @@ def load_profile(ref: str, relative_to: Path) -> Profile:
             raise FileNotFoundError(f"no profile named {ref!r}; shipped profiles: "
                                     f"{', '.join(shipped) or '(none)'}")
         path = shipped[ref]
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    raw = read_toml(path)
     top = Table(path, "", raw)
     head = top.table("profile")
     name = head.req("name", str)

@@ -4,6 +4,7 @@ keys nobody asked for are reported as unknown, with the allowed ones listed."""
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,3 +100,16 @@ def _word(value: Any) -> str:
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return word
     return type(value).__name__
+
+
+def read_toml(file: Path) -> dict[str, Any]:
+    """Parse ``file``; every failure (unreadable, not UTF-8, bad syntax) is a ConfigError."""
+    try:
+        with file.open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None

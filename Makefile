@@ -1,0 +1,55 @@
+# Kemon: `make demo` runs the whole chain on simulated meters; `make test` runs every check.
+# Both set up what is missing: a .venv with the project, and (as root, through apt-get) the
+# system packages the tests and the demo use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kemon-installed
+SYSTEM_PACKAGES := socat mosquitto mosquitto-clients
+SYSTEM_COMMANDS := socat mosquitto mosquitto_sub
+
+.PHONY: test demo lint typecheck pytest bench system-deps venv clean
+
+test: venv system-deps lint typecheck pytest
+
+demo: venv system-deps
+	$(VENV)/bin/kemon demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Kemon needs Python 3.11 or newer")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || \
+	  [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages: $(SYSTEM_PACKAGES)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- install with: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv system-deps
+	$(VENV)/bin/pytest
+
+bench: venv system-deps
+	$(PY) bench/bench_store.py
+	$(PY) bench/bench_polling.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data

@@ -1,0 +1,188 @@
+"""``kemon gateway …``: thin click commands over the gateway library.
+
+Library errors become one line on stderr: configuration and input errors exit 2, runtime
+failures exit 1 (CONTRACT.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from protocol import Period, parse_time
+
+from ._config import load_config
+from ._errors import ConfigError
+from ._model import GatewayConfig
+
+__all__ = ["gateway_group"]
+
+log = logging.getLogger(__name__)
+
+
+class BadInput(click.ClickException):
+    """Bad configuration or input: exit 2 with one line."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Failure(click.ClickException):
+    """A runtime failure: exit 1 with one line."""
+
+    exit_code = 1
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _load(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+_config_option = click.option(
+    "-c", "--config", "config_path", required=True, metavar="FILE",
+    help="The gateway configuration (TOML).")
+
+
+def _time_option(name: str, help_: str) -> object:
+    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+        if value is None:
+            return None
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            raise BadInput(f"{param.opts[0]}: {exc}") from None
+    return click.option(name, metavar="T", callback=convert, help=help_)
+
+
+@click.group("gateway")
+def gateway_group() -> None:
+    """Run and inspect an edge gateway.
+
+    \b
+    Examples:
+      kemon gateway check -c gateway.toml
+      kemon gateway run -c gateway.toml
+      kemon gateway readings -c gateway.toml --point incomer.import_kwh --period 15min
+    """
+
+
+@gateway_group.command("check")
+@_config_option
+def check_command(config_path: str) -> None:
+    """Validate a configuration; exit 0 when it is good, 2 with the problem when not.
+
+    \b
+    Example:
+      kemon gateway check -c /etc/kemon/gateway.toml
+    """
+    cfg = _load(config_path)
+    points = sum(len(m.points) for m in cfg.meters)
+    click.echo(f"ok: gateway {cfg.gateway.id} of unit {cfg.gateway.unit}: "
+               f"{len(cfg.buses)} buses, {len(cfg.meters)} meters, {points} points, "
+               f"{len(cfg.destinations)} destinations")
+
+
+@gateway_group.command("run")
+@_config_option
+def run_command(config_path: str) -> None:
+    """Poll the meters and store readings until SIGTERM or SIGINT, then stop cleanly.
+
+    \b
+    Example:
+      kemon gateway run -c /etc/kemon/gateway.toml
+    """
+    cfg = _load(config_path)
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    from ._runner import Gateway
+    from ._store import StoreError
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(cfg).run(stop)
+
+    try:
+        asyncio.run(main())
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+
+
+@contextmanager
+def _open_store(cfg: GatewayConfig) -> Iterator[object]:
+    from ._store import Store, StoreError
+
+    path = cfg.gateway.data_dir / "store.db"
+    if not path.exists():
+        raise Failure(f"no store at {path}: the gateway has not run with this configuration")
+    try:
+        store = Store.open_readonly(path)
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@gateway_group.command("readings")
+@_config_option
+@click.option("--point", "point", metavar="CODE", help="Only this point code.")
+@click.option("--period", type=click.Choice([p.value for p in Period]),
+              help="Only this period (instant, 15min, hour, day, month).")
+@_time_option("--since", "From this time (RFC 3339; no offset means China Standard Time).")
+@_time_option("--until", "Before this time.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many readings.")
+def readings_command(config_path: str, point: str | None, period: str | None,
+                     since: int | None, until: int | None, limit: int | None) -> None:
+    """Print stored readings as JSON lines, oldest first. Works while the gateway runs.
+
+    \b
+    Examples:
+      kemon gateway readings -c gateway.toml --period day --since 2026-11-01
+      kemon gateway readings -c gateway.toml --point incomer.import_kwh --limit 10
+    """
+    cfg = _load(config_path)
+    out = sys.stdout
+    with _open_store(cfg) as store:
+        for r in store.query(point=point,  # type: ignore[attr-defined]
+                             period=Period(period) if period else None,
+                             since_ms=since, until_ms=until, limit=limit):
+            out.write(json.dumps(r.to_json_dict(), ensure_ascii=False) + "\n")
+
+
+@gateway_group.command("meters")
+@_config_option
+def meters_command(config_path: str) -> None:
+    """Print each meter's counters (requests, errors, timeouts, latency, last good read, online)
+    as of the last cycle, one JSON object per line. Works while the gateway runs.
+
+    \b
+    Example:
+      kemon gateway meters -c gateway.toml
+    """
+    cfg = _load(config_path)
+    with _open_store(cfg) as store:
+        state = store.load_state("meters") or {}  # type: ignore[attr-defined]
+    for meter in cfg.meters:
+        stats = state.get(meter.bus, {}).get(meter.name, {})
+        click.echo(json.dumps({"meter": meter.name, "bus": meter.bus, **stats}))
+
+

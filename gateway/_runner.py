@@ -1,0 +1,186 @@
+"""The gateway's main loop: bus pollers on the clock grid, one writer, one transaction per cycle.
+
+::
+
+    bus task (one per bus) ──(tick, polls)──► queue ──► writer ──► Store.append_cycle
+      sleeps to the next grid tick             │          readings + consumption (tracker)
+      polls its due meters in turn             │          + tracker state, in ONE transaction
+                                               └─ bounded: a stalled disk blocks the pollers
+                                                  instead of growing memory
+
+Buses run in parallel; within a bus one transaction at a time. The writer takes everything
+that has arrived for a tick (all buses report within moments of each other) and commits it
+together. Stopping (SIGTERM) cancels the bus tasks, writes what was already read, and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from protocol import Period, Quality, Reading
+
+from ._clock import clock_synchronised
+from ._consumption import ConsumptionTracker
+from ._model import BusConfig, GatewayConfig, MeterConfig
+from ._poller import BusPoller, MeterPoll
+from ._schedule import GRID_TOLERANCE_S, due_meters, next_tick_of
+from ._store import Store
+from .drivers import open_driver
+from .drivers._base import Driver
+
+__all__ = ["Gateway", "polls_to_readings"]
+
+log = logging.getLogger(__name__)
+
+_PRUNE_EVERY_S = 3600.0
+_GATHER_S = 0.25          # how long the writer waits for other buses' polls of the same tick
+
+
+def polls_to_readings(polls: Sequence[MeterPoll], tracker: ConsumptionTracker,
+                      synchronised: bool) -> list[Reading]:
+    """Instant readings of successful polls, and the consumption they complete."""
+    out: list[Reading] = []
+    for poll in polls:
+        if not poll.values:
+            continue
+        late = abs(poll.sampled_at - poll.tick) > GRID_TOLERANCE_S
+        ts = round(poll.sampled_at * 1000) if late else poll.tick * 1000
+        if not synchronised:
+            quality = Quality.CLOCK_UNSYNCED
+        elif late:
+            quality = Quality.LATE
+        else:
+            quality = Quality.GOOD
+        for point in poll.meter.points:
+            value = poll.values.get(point.code)
+            if value is None:
+                continue
+            out.append(Reading(point.code, Period.INSTANT, ts, value, quality))
+            if point.counter and synchronised:
+                out.extend(tracker.feed(point.code, ts, value))
+    return out
+
+
+class Gateway:
+    """Runs the acquisition side of a gateway until ``stop`` is set."""
+
+    def __init__(self, config: GatewayConfig, *,
+                 clock_check: Callable[[], bool] = clock_synchronised,
+                 wall: Callable[[], float] = time.time,
+                 driver_factory: Callable[[BusConfig], Driver] = open_driver) -> None:
+        self.config = config
+        self._clock_check = clock_check
+        self._wall = wall
+        self._driver_factory = driver_factory
+        self.pollers: dict[str, BusPoller] = {}
+        self.cycles = 0
+
+    @property
+    def store_path(self) -> Any:
+        return self.config.gateway.data_dir / "store.db"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        cfg.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(self.store_path, retention_days=cfg.store.retention_days,
+                      disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024)
+        try:
+            store.register_points(cfg.meters)
+            tracker = ConsumptionTracker.for_points(
+                [p for m in cfg.meters for p in m.points if p.counter],
+                {m.name: m.interval for m in cfg.meters},
+                store.load_state("consumption"))
+            queue: asyncio.Queue[tuple[int, list[MeterPoll]]] = asyncio.Queue(maxsize=64)
+            async with asyncio.TaskGroup() as tg:
+                bus_tasks = []
+                for bus in cfg.buses:
+                    meters = [m for m in cfg.meters if m.bus == bus.name]
+                    if not meters:
+                        continue
+                    poller = BusPoller(bus, self._driver_factory(bus), wall=self._wall)
+                    self.pollers[bus.name] = poller
+                    bus_tasks.append(tg.create_task(self._bus_loop(poller, meters, queue),
+                                                    name=f"kemon.bus[{bus.name}]"))
+                writer = tg.create_task(self._writer(store, tracker, queue),
+                                        name="kemon.writer")
+                log.info("gateway %s polling %d meters on %d buses", cfg.gateway.id,
+                         len(cfg.meters), len(bus_tasks))
+                await stop.wait()
+                log.info("stopping: finishing the current cycle")
+                for task in bus_tasks:
+                    task.cancel()
+                await asyncio.gather(*bus_tasks, return_exceptions=True)
+                await queue.join()
+                writer.cancel()
+        finally:
+            for poller in self.pollers.values():
+                with contextlib.suppress(Exception):
+                    await poller.close()
+            store.close()
+        log.info("stopped after %d cycles", self.cycles)
+
+    async def _sleep_until(self, meters: Sequence[MeterConfig]) -> int:
+        """Sleep to the next grid tick of ``meters`` by the wall clock and return it.
+
+        Sleeps in short steps so a clock step (NTP correcting a 1970 boot) is noticed: the tick
+        is recomputed whenever it lies further ahead than the longest interval.
+        """
+        longest = max(m.interval for m in meters)
+        tick = next_tick_of(meters, self._wall())
+        while True:
+            delay = tick - self._wall()
+            if delay <= 0:
+                return tick
+            if delay > longest + 1:
+                tick = next_tick_of(meters, self._wall())
+                continue
+            await asyncio.sleep(min(delay, 5.0))
+
+    async def _bus_loop(self, poller: BusPoller, meters: Sequence[MeterConfig],
+                        queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
+        while True:
+            tick = await self._sleep_until(meters)
+            due = due_meters(meters, tick)
+            polls = await poller.poll(due, tick)
+            await queue.put((tick, polls))
+
+    async def _writer(self, store: Store, tracker: ConsumptionTracker,
+                      queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
+        last_prune = 0.0
+        while True:
+            tick, polls = await queue.get()
+            batch = [polls]
+            taken = 1
+            deadline = time.monotonic() + _GATHER_S
+            while True:
+                try:
+                    _, more = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(0.02)
+                    continue
+                batch.append(more)
+                taken += 1
+            try:
+                synchronised = self._clock_check() if self.config.gateway.require_time_sync \
+                    else True
+                readings: list[Reading] = []
+                for group in batch:
+                    readings.extend(polls_to_readings(group, tracker, synchronised))
+                stats = {name: {m: s.as_json() for m, s in p.stats.items()}
+                         for name, p in self.pollers.items()}
+                store.append_cycle(readings, {"consumption": tracker.state(), "meters": stats})
+                self.cycles += 1
+                log.debug("cycle %d: %d readings", tick, len(readings))
+                if time.monotonic() - last_prune > _PRUNE_EVERY_S:
+                    store.prune()
+                    last_prune = time.monotonic()
+            finally:
+                for _ in range(taken):
+                    queue.task_done()

@@ -1,0 +1,3 @@
+from kemon.cli import main
+
+main()
