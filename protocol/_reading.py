@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ._time import MS_PER_DAY, MS_PER_HOUR, MS_PER_MINUTE, CST_OFFSET_MS, month_start, next_month_start, to_rfc3339
+from ._time import (
+    CST_OFFSET_MS,
+    MS_PER_DAY,
+    MS_PER_HOUR,
+    MS_PER_MINUTE,
+    month_start,
+    next_month_start,
+    to_rfc3339,
+)
 
 __all__ = ["Period", "Quality", "Reading", "period_end", "period_start"]
 

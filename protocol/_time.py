@@ -34,7 +34,7 @@ def to_ms(dt: datetime) -> int:
     """Milliseconds since the epoch; a naive datetime is taken as China Standard Time."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=CST)
-    return int(round(dt.timestamp() * 1000))
+    return round(dt.timestamp() * 1000)
 
 
 def from_ms(ms: int) -> datetime:
@@ -76,8 +76,5 @@ def month_start(ms: int) -> int:
 def next_month_start(ms: int) -> int:
     """Start of the month after the one containing ``ms``."""
     dt = from_ms(ms).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if dt.month == 12:
-        dt = dt.replace(year=dt.year + 1, month=1)
-    else:
-        dt = dt.replace(month=dt.month + 1)
+    dt = dt.replace(year=dt.year + 1, month=1) if dt.month == 12 else dt.replace(month=dt.month + 1)
     return to_ms(dt)
