@@ -181,6 +181,16 @@ def _rtu_request_length(buf: bytes) -> int | None:
     return 0
 
 
+def _next_valid_frame(buf: bytes, start: int) -> int | None:
+    """Offset of the first complete, CRC-valid request of known length at or after start."""
+    for j in range(start, len(buf) - 3):
+        n = _rtu_request_length(buf[j:])
+        if n and len(buf) - j >= n and crc16(buf[j:j + n - 2]) == int.from_bytes(
+                buf[j + n - 2:j + n], "little"):
+            return j
+    return None
+
+
 def split_rtu_requests(buf: bytes) -> tuple[list[bytes], bytes]:
     """Cut complete, CRC-valid request frames off ``buf``; return them and the rest.
 
@@ -198,6 +208,10 @@ def split_rtu_requests(buf: bytes) -> tuple[list[bytes], bytes]:
                           if crc16(buf[i:i + k - 2]) == int.from_bytes(buf[i + k - 2:i + k],
                                                                         "little")), None)
             if found is None:
+                later = _next_valid_frame(buf, i + 1)
+                if later is not None:
+                    i = later
+                    continue
                 if len(buf) - i >= 256:   # Serial Line V1.02 §2.5.1: an RTU frame ≤ 256 bytes
                     i += 1
                     continue
