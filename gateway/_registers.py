@@ -127,7 +127,8 @@ def encode(point: PointConfig, value: float) -> list[int]:
             raise ValueError(f"point {point.code!r}: {value!r} cannot be an integer register")
         bits = 16 * count
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        n = round(raw)
+        # an int with scale 1 stays exact (a float cannot hold every 64-bit integer)
+        n = value if isinstance(value, int) and point.scale == 1 else round(raw)
         if not lo <= n <= hi:
             raise ValueError(f"point {point.code!r}: {value!r} out of range for {point.type}")
         data = n.to_bytes(2 * count, "big", signed=signed)

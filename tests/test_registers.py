@@ -292,3 +292,9 @@ def test_plan_negative_gap_rejected() -> None:
 
 def test_empty_plan() -> None:
     assert plan_reads([]) == []
+
+
+def test_64_bit_extremes_encode_exactly() -> None:
+    assert encode(pt("int64"), (1 << 63) - 1) == [0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF]
+    assert encode(pt("int64"), -(1 << 63)) == [0x8000, 0, 0, 0]
+    assert encode(pt("uint64"), (1 << 64) - 1) == [0xFFFF] * 4
