@@ -130,6 +130,7 @@ class _SerialLink(FrameLink):
         bus = self._bus
         if bus.port is None:
             raise ValueError(f"bus {bus.name!r}: no serial port")
+        await self.close()
         try:
             port = serial.Serial(bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize,
                                  parity=bus.parity, stopbits=bus.stopbits, timeout=0,
@@ -210,7 +211,7 @@ class _TcpLink(FrameLink):
         if bus.host is None or bus.tcp_port is None:
             raise ValueError(f"bus {bus.name!r}: TCP needs host and port")
         loop = asyncio.get_running_loop()
-        self._closed = None
+        await self.close()
         try:
             async with asyncio.timeout(bus.timeout):
                 transport, _ = await loop.create_connection(
@@ -218,7 +219,7 @@ class _TcpLink(FrameLink):
         except TimeoutError as exc:
             raise OSError(f"bus {bus.name!r}: connect to {bus.host}:{bus.tcp_port} "
                           "timed out") from exc
-        self._transport = transport
+        self._transport, self._closed = transport, None
         logger.info("bus %s: connected to %s:%d", bus.name, bus.host, bus.tcp_port)
 
     async def _write(self, data: bytes) -> None:
