@@ -7,11 +7,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway._model import BusConfig, MeterConfig, PointConfig
+from gateway._profiles import load_profile
 from gateway.drivers._base import MeterError, MeterExceptionReply, MeterFrameError, MeterTimeout
 from gateway.drivers._cjt188 import Cjt188Driver
 from gateway.sim._cjt188_sim import serve_cjt188
@@ -142,3 +144,32 @@ def test_point_errors(transport: str, request: pytest.FixtureRequest) -> None:
         with pytest.raises(MeterError, match="only 901F"):
             await driver.read_meter(meter("00000000000001", points[3:4]))
     run(transport, request, body)
+
+
+@pytest.mark.parametrize(("name", "device_type"), [("cjt188_water", 0x10), ("cjt188_heat", 0x20)])
+def test_shipped_profiles_read_through_driver(name: str, device_type: int) -> None:
+    profile = load_profile(name, Path("."))
+    assert profile.device_type == device_type
+    points = tuple(PointConfig(**{**fields, "code": f"m.{fields['key']}"})
+                   for _, fields in profile.points)
+
+    async def main() -> None:
+        ready, bound = asyncio.Event(), []
+        sims = [SimMeter("00000000000042", points, device_type=device_type)]
+        server = asyncio.create_task(serve_cjt188(sims, port=0, ready=ready, bound=bound,
+                                                  clock=lambda: T))
+        await ready.wait()
+        driver = Cjt188Driver(BusConfig(name="b", kind="cjt188", host="127.0.0.1",
+                                        tcp_port=bound[0], timeout=TIMEOUT))
+        try:
+            result = await driver.read_meter(meter("00000000000042", points, device_type))
+            assert (result.errors, result.requests) == ({}, 1)
+            for point in points:
+                assert result.values[point.code] == pytest.approx(point_value(point, T),
+                                                                  abs=0.005), point.key
+        finally:
+            await driver.close()
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+    asyncio.run(main())

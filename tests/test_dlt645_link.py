@@ -7,12 +7,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import _dlt645 as codec
 from gateway._model import BusConfig, MeterConfig, PointConfig
+from gateway._profiles import load_profile
 from gateway.drivers._base import MeterExceptionReply, MeterFrameError, MeterTimeout
 from gateway.drivers._dlt645 import Dlt645Driver
 from gateway.sim._dlt645_sim import serve_dlt645
@@ -175,5 +177,26 @@ def test_lost_tcp_link_is_a_timeout_then_reconnects() -> None:
             await driver.close()
             server.cancel()
             await asyncio.gather(server, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_shipped_profile_reads_through_driver() -> None:
+    profile = load_profile("dlt645_3phase", Path("."))
+    points = tuple(PointConfig(**{**fields, "code": f"m.{fields['key']}"})
+                   for _, fields in profile.points)
+    assert {p.di for p in points} >= {"00010000", "02010100", "02020100", "02030000"}
+
+    async def body(driver: Dlt645Driver) -> None:
+        result = await driver.read_meter(meter("000000000007", points))
+        assert result.errors == {}
+        for point in points:
+            fmt = codec.data_item(point.di or "").decimals
+            assert result.values[point.code] == pytest.approx(
+                point_value(point, T), abs=0.5 * 10**-fmt * point.scale + 1e-9), point.key
+
+    async def main() -> None:
+        async with simulated_bus("tcp", None, [SimMeter("000000000007", points)]) as driver:
+            await body(driver)
 
     asyncio.run(main())
