@@ -310,6 +310,29 @@ class ConsumptionTracker:
         if state:
             self.restore(state)
 
+    @classmethod
+    def for_meters(cls, meters: Iterable[Any], state: Mapping[str, Any] | None = None,
+                   **options: int) -> ConsumptionTracker:
+        """A tracker for every counter point of ``meters`` (``gateway._model.MeterConfig``),
+        each with its meter's poll interval; ``options``: ``tolerance_ms``, ``max_gap_ms``."""
+        specs = [CounterSpec.from_point(p, m.interval)
+                 for m in meters for p in m.points if p.counter]
+        return cls(specs, state=state, **options)
+
+    @classmethod
+    def for_points(cls, points: Iterable[Any], intervals: Mapping[str, int],
+                   state: Mapping[str, Any] | None = None,
+                   **options: int) -> ConsumptionTracker:
+        """A tracker for ``points`` (``PointConfig``), ``intervals`` giving each point's poll
+        interval in seconds *by point code* (see :meth:`for_meters` to take them from meters)."""
+        specs = []
+        for p in points:
+            if p.code not in intervals:
+                raise KeyError(f"no poll interval for counter point {p.code!r} "
+                               "(intervals are keyed by point code; or use for_meters)")
+            specs.append(CounterSpec.from_point(p, intervals[p.code]))
+        return cls(specs, state=state, **options)
+
     @property
     def codes(self) -> tuple[str, ...]:
         return tuple(self._points)

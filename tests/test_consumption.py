@@ -367,3 +367,18 @@ def test_wild_series_invariants_and_restore(case: tuple[CounterSpec, Samples, in
         if spec.max_rate is not None:                       # never absurd
             hours = (period_end(r.period, r.ts) - r.ts) / HOUR
             assert r.value <= spec.max_rate * (hours * 1.01 + 1 / 30) + 1e-6
+
+
+def test_built_from_configuration() -> None:
+    from gateway._model import MeterConfig, PointConfig
+
+    energy = PointConfig("kwh", counter=True, max_rate=5.0, counter_max=1e6)
+    power = PointConfig("kw")
+    meters = [MeterConfig("m1", "bus", "1", (energy, power), interval=900)]
+    tr = ConsumptionTracker.for_meters(meters)
+    assert tr.codes == ("kwh",)
+    assert tr.periods("kwh") == periods_for_interval(900)
+    same = ConsumptionTracker.for_points([energy], {"kwh": 900}, tr.state())
+    assert same.state() == tr.state()
+    with pytest.raises(KeyError, match="kwh"):
+        ConsumptionTracker.for_points([energy], {"m1": 900})
