@@ -200,3 +200,84 @@ def test_shipped_profile_reads_through_driver() -> None:
             await body(driver)
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- hostile lines
+
+REPLY = codec.encode_read_reply("000000000001", "00010000",
+                                codec.encode_values("00010000", [1234.56]))
+
+
+def _corrupt(frame: bytes) -> bytes:
+    bad = bytearray(frame)
+    bad[-2] ^= 0x01
+    return bytes(bad)
+
+
+async def _scripted_meter(chunks: list[tuple[float, bytes]], bound: list[int],
+                          ready: asyncio.Event) -> None:
+    """A TCP 'meter' that answers every request with ``chunks`` (delay, bytes); ``b"ECHO"``
+    stands for the request itself, as some RS-485 adapters echo what the master sends."""
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while request := await reader.read(256):
+                for delay, data in chunks:
+                    await asyncio.sleep(delay)
+                    writer.write(request if data == b"ECHO" else data)
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(client, "127.0.0.1", 0)
+    bound.append(server.sockets[0].getsockname()[1])
+    ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+def _read_scripted(chunks: list[tuple[float, bytes]]) -> tuple[float | Exception, float]:
+    async def main() -> tuple[float | Exception, float]:
+        ready, bound = asyncio.Event(), []
+        server = asyncio.create_task(_scripted_meter(chunks, bound, ready))
+        await ready.wait()
+        driver = Dlt645Driver(BusConfig(name="b", kind="dlt645", host="127.0.0.1",
+                                        tcp_port=bound[0], timeout=TIMEOUT))
+        points = (PointConfig(code="e", di="00010000", counter=True),)
+        started = time.monotonic()
+        try:
+            result = await driver.read_meter(meter("000000000001", points))
+            return result.values["e"], time.monotonic() - started
+        except (MeterTimeout, MeterFrameError) as exc:
+            return exc, time.monotonic() - started
+        finally:
+            await driver.close()
+            server.cancel()
+            await asyncio.gather(server, return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("chunks", [
+    [(0, REPLY)],
+    [(0, b"ECHO"), (0, REPLY)],                                      # adapter echo skipped
+    [(0, REPLY[:5]), (0.05, REPLY[5:12]), (0.05, REPLY[12:])],      # split across segments
+    [(0, b"\x00\x68\x68" + _corrupt(REPLY) + REPLY)],                # noise, bad frame, good one
+])
+def test_reply_is_found_in_a_messy_stream(chunks: list[tuple[float, bytes]]) -> None:
+    value, _ = _read_scripted(chunks)
+    assert value == 1234.56
+
+
+def test_corrupt_reply_fails_at_once() -> None:
+    error, elapsed = _read_scripted([(0, _corrupt(REPLY))])
+    assert isinstance(error, MeterFrameError)
+    assert elapsed < TIMEOUT / 2
+
+
+def test_reply_finishing_after_the_timeout_is_a_timeout() -> None:
+    error, elapsed = _read_scripted([(0, REPLY[:10]), (TIMEOUT + 0.1, REPLY[10:])])
+    assert isinstance(error, MeterTimeout)
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 0.1
