@@ -11,10 +11,11 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
+from click.decorators import FC
 
 from protocol import Period, parse_time
 
@@ -57,7 +58,7 @@ _config_option = click.option(
     help="The gateway configuration (TOML).")
 
 
-def _time_option(name: str, help_: str) -> object:
+def _time_option(name: str, help_: str) -> Callable[[FC], FC]:
     def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
         if value is None:
             return None

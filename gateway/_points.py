@@ -28,8 +28,8 @@ def read_point_fields(t: Table) -> dict[str, Any]:
         if (v := t.get(name, str)) is not None:
             out[name] = v
     for name in _FLOAT_KEYS:
-        if (v := t.get(name, float)) is not None:
-            out[name] = v
+        if (f := t.get(name, float)) is not None:
+            out[name] = f
     if (reg := t.get("register", int)) is not None:
         out["register"] = t.check("register", reg, lambda r: 0 <= r <= 65535,
                                   f"{reg} is outside 0..65535 (0-based register address)")

@@ -29,7 +29,7 @@ from ._consumption import ConsumptionTracker
 from ._model import BusConfig, GatewayConfig, MeterConfig
 from ._poller import BusPoller, MeterPoll
 from ._schedule import GRID_TOLERANCE_S, due_meters, next_tick_of
-from ._store import Store
+from ._store import Store, StoreError
 from .drivers import open_driver
 from .drivers._base import Driver
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 3600.0
 _GATHER_S = 0.25          # how long the writer waits for other buses' polls of the same tick
+_MAX_PENDING = 500_000    # readings held in memory while the store cannot take them
 
 
 def polls_to_readings(polls: Sequence[MeterPoll], tracker: ConsumptionTracker,
@@ -79,6 +80,7 @@ class Gateway:
         self._driver_factory = driver_factory
         self.pollers: dict[str, BusPoller] = {}
         self.cycles = 0
+        self.store_error: StoreError | None = None
 
     @property
     def store_path(self) -> Any:
@@ -91,10 +93,7 @@ class Gateway:
                       disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024)
         try:
             store.register_points(cfg.meters)
-            tracker = ConsumptionTracker.for_points(
-                [p for m in cfg.meters for p in m.points if p.counter],
-                {m.name: m.interval for m in cfg.meters},
-                store.load_state("consumption"))
+            tracker = ConsumptionTracker.for_meters(cfg.meters, store.load_state("consumption"))
             queue: asyncio.Queue[tuple[int, list[MeterPoll]]] = asyncio.Queue(maxsize=64)
             async with asyncio.TaskGroup() as tg:
                 bus_tasks = []
@@ -152,35 +151,53 @@ class Gateway:
     async def _writer(self, store: Store, tracker: ConsumptionTracker,
                       queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
         last_prune = 0.0
+        pending: list[Reading] = []      # readings the store could not take yet
         while True:
             tick, polls = await queue.get()
             batch = [polls]
-            taken = 1
             deadline = time.monotonic() + _GATHER_S
-            while True:
+            while time.monotonic() < deadline:
                 try:
-                    _, more = queue.get_nowait()
+                    batch.append(queue.get_nowait()[1])
                 except asyncio.QueueEmpty:
-                    if time.monotonic() >= deadline:
-                        break
                     await asyncio.sleep(0.02)
-                    continue
-                batch.append(more)
-                taken += 1
             try:
-                synchronised = self._clock_check() if self.config.gateway.require_time_sync \
-                    else True
-                readings: list[Reading] = []
+                synchronised = (self._clock_check() if self.config.gateway.require_time_sync
+                                else True)
                 for group in batch:
-                    readings.extend(polls_to_readings(group, tracker, synchronised))
+                    pending.extend(polls_to_readings(group, tracker, synchronised))
                 stats = {name: {m: s.as_json() for m, s in p.stats.items()}
                          for name, p in self.pollers.items()}
-                store.append_cycle(readings, {"consumption": tracker.state(), "meters": stats})
-                self.cycles += 1
-                log.debug("cycle %d: %d readings", tick, len(readings))
+                try:
+                    store.append_cycle(pending, {"consumption": tracker.state(),
+                                                 "meters": stats})
+                except StoreError as exc:
+                    self._store_failed(exc, pending)
+                else:
+                    if self.store_error is not None:
+                        log.warning("store writable again: %d held readings stored",
+                                    len(pending))
+                        self.store_error = None
+                    pending = []
+                    self.cycles += 1
+                    log.debug("cycle %d stored", tick)
                 if time.monotonic() - last_prune > _PRUNE_EVERY_S:
-                    store.prune()
                     last_prune = time.monotonic()
+                    try:
+                        store.prune()
+                    except StoreError as exc:
+                        log.error("pruning the store failed: %s", exc)
             finally:
-                for _ in range(taken):
+                for _ in batch:
                     queue.task_done()
+
+    def _store_failed(self, exc: StoreError, pending: list[Reading]) -> None:
+        """Keep the readings in memory (bounded) and say so once per kind of failure."""
+        if self.store_error is None or type(self.store_error) is not type(exc):
+            log.error("cannot store readings: %s; holding them in memory and retrying "
+                      "every cycle", exc)
+        self.store_error = exc
+        if len(pending) > _MAX_PENDING:
+            dropped = len(pending) - _MAX_PENDING
+            del pending[:dropped]
+            log.error("memory hold full: %d oldest readings dropped", dropped)

@@ -402,9 +402,12 @@ class Store:
                 return None
             where.append("point_id = ?")
             args.append(pid)
-        if period is not None:
+        code = None if period is None else PERIOD_CODES[Period(period)]
+        if code is not None:
             where.append("period = ?")
-            args.append(PERIOD_CODES[Period(period)])
+            args.append(code)
+            if code > 0:
+                where.append("period > 0")    # lets the planner use the partial reading_point
         if since_ms is not None:
             where.append("ts >= ?")
             args.append(since_ms)
@@ -414,8 +417,13 @@ class Store:
         sql = "SELECT point_id, period, ts, value, quality FROM reading"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        # with point and period fixed, (point_id, period, ts) is unique: ts alone orders
-        sql += " ORDER BY ts" if point is not None and period is not None else " ORDER BY ts, id"
+        # (ts, point_id, period) is unique: the order of reading_time, so no sort is needed
+        if point is not None and code:
+            sql += " ORDER BY ts"                # one point, one interval period: ts is unique
+        elif point is not None:   # sorts only readings of equal ts ("RIGHT PART" of the order)
+            sql += " ORDER BY ts, period"
+        else:
+            sql += " ORDER BY ts, point_id, period"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -424,7 +432,8 @@ class Store:
     def query(self, point: str | None = None, period: Period | str | None = None,
               since_ms: int | None = None, until_ms: int | None = None,
               limit: int | None = None) -> Iterator[Reading]:
-        """Stored readings ordered by ``ts`` (then by id), filtered; ``until_ms`` exclusive."""
+        """Stored readings ordered by ``ts`` (then point and period), filtered; ``until_ms``
+        exclusive. An index serves every combination; a point's instants are found by time."""
         selected = self._select(point, period, since_ms, until_ms, limit)
         if selected is None:
             return

@@ -10,7 +10,8 @@ Tables (``docs/store.md`` explains the choices)::
 
     reading  id INTEGER PRIMARY KEY AUTOINCREMENT   monotonic, never reused: the sealer's order
              point_id → point.id, period (small int), ts (ms), value (REAL), quality (small int)
-             index reading_ts(ts); unique index reading_key(point_id, period, ts)
+             unique index reading_time(ts, point_id, period)
+             partial index reading_point(point_id, period, ts) WHERE period > 0
     point    id, code UNIQUE, unit, energy, meter    codes interned: rows stay small
     period   id, name                                fixed codes below
     quality  id, word UNIQUE                         fixed codes below; new words appended
@@ -74,7 +75,11 @@ def _readings(db: Any) -> None:
         " value REAL NOT NULL,"
         " quality INTEGER NOT NULL)"
     )
-    db["reading"].create_index(["ts"], index_name="reading_ts")
-    db["reading"].create_index(["point_id", "period", "ts"], index_name="reading_key",
-                               unique=True)
+    # Time-major unique key: every cycle appends at the right edge of this index, so a commit
+    # dirties a handful of pages. A point-major key would dirty one leaf page per point per
+    # cycle (measured: 76,000 vs 356,000 rows/s in 500-row transactions; docs/store.md).
+    db.execute("CREATE UNIQUE INDEX reading_time ON reading (ts, point_id, period)")
+    # A point's consumption history (15min/hour/day/month: period > 0) by point; instants of
+    # one point are found through reading_time. Queries must say "period > 0" verbatim.
+    db.execute("CREATE INDEX reading_point ON reading (point_id, period, ts) WHERE period > 0")
     db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")

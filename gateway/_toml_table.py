@@ -58,7 +58,7 @@ class Table:
                                    f"not {_word(value)} {value!r}" + (f"; {hint}" if hint else ""))
         if isinstance(value, float) and not math.isfinite(value):
             raise self.error(name, f"must be a finite number, not {value!r}")
-        return value  # type: ignore[return-value]
+        return value
 
     def req(self, name: str, kind: type[T], hint: str = "") -> T:
         value = self.get(name, kind, required=True, hint=hint)

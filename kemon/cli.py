@@ -58,6 +58,10 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        # pymodbus logs every timeout at ERROR with a frame dump; our drivers report failures
+        # themselves (per-meter counters, offline transitions), so keep its voice for -vv.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> Any:

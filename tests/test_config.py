@@ -180,7 +180,7 @@ def test_energy_factor_override_is_validated(write_config) -> None:
     assert info.value.key == "energy"
 
 
-@pytest.mark.parametrize("kind,address,ok", [
+@pytest.mark.parametrize(("kind", "address", "ok"), [
     ("dlt645", '"000000000001"', True),
     ("dlt645", '"12345"', False),
     ("dlt645", "1", False),
@@ -270,7 +270,7 @@ def test_check_command_missing_file(tmp_path: Path) -> None:
     assert "cannot read" in res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("garbage", [b"\x00\xff\xfe garbage", b"[[[", "[gateway]\nid = 5\n".encode()])
+@pytest.mark.parametrize("garbage", [b"\x00\xff\xfe garbage", b"[[[", b"[gateway]\nid = 5\n"])
 def test_check_command_garbage(tmp_path: Path, garbage: bytes) -> None:
     path = tmp_path / "g.toml"
     path.write_bytes(garbage)

@@ -9,7 +9,7 @@ Exceptions (all carry the meter name)::
     MeterError
     ├── MeterTimeout        no (complete) answer within the bus timeout
     ├── MeterFrameError     garbled answer: bad CRC / checksum / framing / wrong address
-    └── MeterExceptionReply the meter answered with an error (Modbus exception, DL/T 645 error reply)
+    └── MeterExceptionReply the meter answered with an error code (Modbus exception, DL/T 645)
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,7 +39,7 @@ def sim_meters(cfg: GatewayConfig, bus: BusConfig, faults: dict[str, str]) -> li
 
 
 def serve_bus(bus: BusConfig, meters: list[SimMeter], *, device: str | None = None,
-              ready: asyncio.Event | None = None) -> Awaitable[None]:
+              ready: asyncio.Event | None = None) -> Coroutine[Any, Any, None]:
     """The coroutine serving ``meters`` as ``bus`` describes (``device`` for serial buses)."""
     if bus.kind == "modbus-tcp":
         from ._modbus_sim import serve_modbus_tcp
@@ -50,7 +51,7 @@ def serve_bus(bus: BusConfig, meters: list[SimMeter], *, device: str | None = No
 
         assert device is not None
         return serve_modbus_rtu(meters, device=device, ready=ready)
-    serve: Callable[..., Awaitable[None]]
+    serve: Callable[..., Coroutine[Any, Any, None]]
     if bus.kind == "dlt645":
         from ._dlt645_sim import serve_dlt645 as serve
     else:
@@ -144,7 +145,7 @@ async def _serve_all(cfg: GatewayConfig, devices: dict[str, str], faults: dict[s
     socats: list[asyncio.subprocess.Process] = []
     try:
         async with asyncio.TaskGroup() as tg:
-            tasks = []
+            tasks: list[asyncio.Task[None]] = []
             for bus in cfg.buses:
                 meters = sim_meters(cfg, bus, faults)
                 if not meters:

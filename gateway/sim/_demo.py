@@ -8,7 +8,6 @@ stores them, read through the store's read-only path like ``kemon gateway readin
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -90,6 +89,7 @@ def demo_command(directory: Path, duration: float) -> None:
     from gateway._store import Store
 
     config = write_demo_config(directory)
+    counts: dict[Period, int] = {}
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
     click.echo(f"demo: configuration {config}")
@@ -104,6 +104,7 @@ def demo_command(directory: Path, duration: float) -> None:
         click.echo(f"demo: gateway running (log {gw_log}); readings as they are stored:\n")
         store_path = directory / "data" / "store.db"
         seen = 0
+        shown = _energy_points(config)
         started = time.monotonic()
         while duration == 0 or time.monotonic() - started < duration:
             time.sleep(1.0)
@@ -112,12 +113,14 @@ def demo_command(directory: Path, duration: float) -> None:
             if not store_path.exists():
                 continue
             with contextlib.closing(Store.open_readonly(store_path)) as store:
-                for r in store.query(since_id=seen):
-                    seen = max(seen, store.last_id_seen)
-                    if r.period is Period.INSTANT and not r.point.endswith(("kwh", "001", "flow")):
-                        continue
-                    click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<28} {r.period!s:<8} "
-                               f"{r.value:>14.3f}  {r.quality}")
+                while rows := store.after(seen, 1000):
+                    seen = rows[-1][0]
+                    for _, r in rows:
+                        counts[r.period] = counts.get(r.period, 0) + 1
+                        if r.period is Period.INSTANT and r.point not in shown:
+                            continue
+                        click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<24} {r.period!s:<8} "
+                                   f"{r.value:>14.3f}  {r.quality}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -125,21 +128,28 @@ def demo_command(directory: Path, duration: float) -> None:
             code = _stop(gateway)
             click.echo(f"\ndemo: gateway stopped (exit {code})")
         _stop(sim)
-    _summary(directory, config)
-    if interrupted:
-        return
+    if not interrupted:
+        _summary(directory, config, counts)
 
 
-def _summary(directory: Path, config: Path) -> None:
+def _energy_points(config: Path) -> set[str]:
+    """The counter points: the demo prints their instant readings, not every voltage."""
+    from gateway._config import load_config
+
+    return {p.code for m in load_config(config).meters for p in m.points if p.counter}
+
+
+def _summary(directory: Path, config: Path, counts: dict[Period, int]) -> None:
     from gateway._store import Store
 
     store_path = directory / "data" / "store.db"
     if not store_path.exists():
+        click.echo("demo: no store was written")
         return
     with contextlib.closing(Store.open_readonly(store_path)) as store:
-        counts = store.counts()
         meters = store.load_state("meters") or {}
-    click.echo("demo: readings stored by period: "
+        total = store.count()
+    click.echo(f"demo: {total} readings in the store; seen during the demo: "
                + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for bus, stats in sorted(meters.items()):
         for name, s in sorted(stats.items()):
@@ -148,9 +158,10 @@ def _summary(directory: Path, config: Path) -> None:
                        f"errors {s.get('errors')}, timeouts {s.get('timeouts')}, "
                        f"latency {s.get('last_latency_ms')} ms")
     rel = os.path.relpath(config)
+    if rel.startswith(".."):
+        rel = str(config.resolve())
     click.echo("\nTry:\n"
                f"  .venv/bin/kemon gateway readings -c {rel} --period instant --limit 5\n"
                f"  .venv/bin/kemon gateway meters -c {rel}\n"
                f"  .venv/bin/kemon demo --duration 0     (runs until Ctrl-C; 15-minute "
                "consumption appears at each quarter hour)")
-    _ = json

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .._model import PointConfig
 
-__all__ = ["FAULTS", "SimMeter", "point_value", "point_constants"]
+__all__ = ["FAULTS", "SimMeter", "point_constants", "point_value"]
 
 FAULTS = ("none", "silent", "garble", "exception")
 
