@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from protocol import Period, Quality, Reading
@@ -73,10 +73,12 @@ class Gateway:
     def __init__(self, config: GatewayConfig, *,
                  clock_check: Callable[[], bool] = clock_synchronised,
                  wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  driver_factory: Callable[[BusConfig], Driver] = open_driver) -> None:
         self.config = config
         self._clock_check = clock_check
         self._wall = wall
+        self._sleep = sleep
         self._driver_factory = driver_factory
         self.pollers: dict[str, BusPoller] = {}
         self.cycles = 0
@@ -88,7 +90,11 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
-        cfg.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(cfg.gateway.data_dir,
+                             f"cannot create the data directory: {exc.strerror or exc}") from None
         store = Store(self.store_path, retention_days=cfg.store.retention_days,
                       disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024)
         try:
@@ -138,7 +144,7 @@ class Gateway:
             if delay > longest + 1:
                 tick = next_tick_of(meters, self._wall())
                 continue
-            await asyncio.sleep(min(delay, 5.0))
+            await self._sleep(min(delay, 5.0))
 
     async def _bus_loop(self, poller: BusPoller, meters: Sequence[MeterConfig],
                         queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
