@@ -404,10 +404,9 @@ class Store:
             args.append(pid)
         code = None if period is None else PERIOD_CODES[Period(period)]
         if code is not None:
-            where.append("period = ?")
-            args.append(code)
-            if code > 0:
-                where.append("period > 0")    # lets the planner use the partial reading_point
+            # a literal (a small int from PERIOD_CODES), so the planner can match the partial
+            # index of this period ("WHERE period = <code>")
+            where.append(f"period = {int(code)}")
         if since_ms is not None:
             where.append("ts >= ?")
             args.append(since_ms)
