@@ -236,6 +236,10 @@ def _meters(top: Table, base: Path, buses: dict[str, BusConfig],
                 raise pt.error("code", f"{code!r} is already used by meter {codes[code]!r}; "
                                        "point codes are unique in a gateway")
             codes[code] = name
+            if fields.get("counter") and "counter_max" not in fields:
+                wrap = default_counter_max(fields, protocol)
+                if wrap is not None:
+                    fields = {**fields, "counter_max": wrap}
             points.append(PointConfig(**fields))
         if protocol == "cjt188" and device_type is None:
             raise t.error("device_type", "is missing; CJ/T 188 needs the meter type byte "
@@ -245,6 +249,34 @@ def _meters(top: Table, base: Path, buses: dict[str, BusConfig],
                                   interval=interval, profile=profile_ref, device_type=device_type,
                                   offline_after=offline_after))
     return meters
+
+
+_INT_RANGES = {"uint16": 2**16, "uint32": 2**32, "uint64": 2**64,
+               "int16": 2**15, "int32": 2**31, "int64": 2**63}
+
+
+def default_counter_max(fields: dict[str, Any], protocol: str) -> float | None:
+    """Where a counter wraps, after scale, when the configuration does not say.
+
+    Modbus integer registers wrap at their range (a signed counter at its positive limit);
+    floats do not wrap. DL/T 645 values wrap at their BCD format's range (XXXXXX.XX: at
+    1,000,000, DL/T 645-2007 appendix A). CJ/T 188 readings are converted between units by the
+    driver, so no default is guessed: set ``counter_max`` for them.
+    """
+    scale = float(fields.get("scale", 1.0))
+    if protocol == "modbus":
+        span = _INT_RANGES.get(fields.get("type", "uint16"))
+        return None if span is None else span * abs(scale)
+    if protocol == "dlt645":
+        from ._dlt645 import data_item
+
+        try:
+            item = data_item(fields["di"])
+        except (KeyError, ValueError):
+            return None
+        whole_digits = len(item.fmt.replace(".", "")) - item.decimals
+        return 10.0 ** whole_digits * abs(scale)
+    return None
 
 
 def _destinations(top: Table, base: Path) -> list[DestinationConfig]:

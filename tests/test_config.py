@@ -277,3 +277,14 @@ def test_check_command_garbage(tmp_path: Path, garbage: bytes) -> None:
     res = run_kemon("gateway", "check", "-c", str(path))
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_counter_wraps_default_from_the_register_type(write_config) -> None:
+    text = BASE.replace('type = "int32"', 'type = "uint32"').replace(
+        'code = "incomer.p"', 'code = "incomer.p"\ncounter = true')
+    cfg = load_config(write_config(text))
+    energy, counter = cfg.meters[0].points
+    assert energy.counter_max is None                 # float32 counters do not wrap
+    assert counter.counter_max == pytest.approx(2**32 * 0.1)
+    explicit = text.replace("max_rate = 5000", "max_rate = 5000\ncounter_max = 99999.0")
+    assert load_config(write_config(explicit)).meters[0].points[0].counter_max == 99999.0
