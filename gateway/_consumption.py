@@ -25,7 +25,9 @@ step                  delta ``d`` added to ``C``                    quality word
                      ``r1``)
 ``r1 < r0`` wrap     ``counter_max - r0 + r1`` when ``r0`` is in   ``rollover``
                      the top 10 % of the range, ``r1`` in the
-                     bottom 10 % and the wrapped delta fits
+                     bottom 10 % and the wrapped delta fits (a
+                     signed register wraps to ``-counter_max``:
+                     ``2 * counter_max - r0 + r1``)
 ``r1 < r0`` other    ``r1`` when ``max_rate`` is set and ``r1``    ``counter_reset``
                      fits (a new counter that started at zero),
                      else ``0``; re-based on ``r1``
@@ -212,9 +214,13 @@ class _PointTracker:
                 return 0.0, Quality.OUT_OF_RANGE
             return delta, None
         cmax = self.spec.counter_max
-        if cmax is not None and prev >= cmax * (1 - _WRAP_WINDOW) and raw <= cmax * _WRAP_WINDOW:
-            wrapped = cmax - prev + raw
-            if limit is None or wrapped <= limit:
+        if cmax is not None and prev >= cmax * (1 - _WRAP_WINDOW):
+            wrapped = None
+            if 0 <= raw <= cmax * _WRAP_WINDOW:                  # unsigned: wraps to 0
+                wrapped = cmax - prev + raw
+            elif -cmax <= raw <= -cmax * (1 - _WRAP_WINDOW):    # signed: wraps to -cmax
+                wrapped = 2 * cmax - prev + raw
+            if wrapped is not None and wrapped >= 0 and (limit is None or wrapped <= limit):
                 return wrapped, Quality.ROLLOVER
         given = raw if (limit is not None and 0 <= raw <= limit) else 0.0
         log.warning("counter %s went back from %.6g to %.6g: counter reset, counted %.6g",

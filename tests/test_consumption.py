@@ -181,6 +181,17 @@ def test_rollover_near_counter_max() -> None:
     assert q[b + 30 * MIN] == Reading("p", Period.MIN15, b + 30 * MIN, 5.0, Quality.GOOD)
 
 
+def test_signed_register_wraps_to_its_negative_limit() -> None:
+    spec = CounterSpec("p", counter_max=2.0**31, interval_s=900)         # int32, scale 1
+    tr = ConsumptionTracker([spec])
+    b = t("2026-05-20T10:00:00")
+    top = 2.0**31
+    out = run(tr, [(b, top - 5), (b + 15 * MIN, -top + 3), (b + 30 * MIN, -top + 9)])
+    q = by(out, Period.MIN15)
+    assert q[b] == Reading("p", Period.MIN15, b, 8.0, Quality.ROLLOVER)
+    assert q[b + 15 * MIN] == Reading("p", Period.MIN15, b + 15 * MIN, 6.0, Quality.GOOD)
+
+
 def test_implausible_wrap_is_a_reset() -> None:
     # 20 units in 15 minutes is beyond max_rate 10/h: not a wrap
     spec = CounterSpec("p", max_rate=10.0, counter_max=1_000_000.0, interval_s=900)
