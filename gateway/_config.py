@@ -229,8 +229,9 @@ def _meters(top: Table, base: Path, buses: dict[str, BusConfig],
         if not merged:
             raise t.error("point", "the meter has no points: name a profile or add [[meter.point]]")
         points: list[PointConfig] = []
-        for pt, fields in merged.values():
-            check_point(pt, fields, protocol, energy_keys)
+        for pt, point_fields in merged.values():
+            check_point(pt, point_fields, protocol, energy_keys)
+            fields = point_fields
             code = fields["code"]
             if code in codes:
                 raise pt.error("code", f"{code!r} is already used by meter {codes[code]!r}; "
