@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kemon-installed
-SYSTEM_PACKAGES := socat mosquitto mosquitto-clients
-SYSTEM_COMMANDS := socat mosquitto mosquitto_sub
+SYSTEM_PACKAGES := socat mosquitto mosquitto-clients postgresql systemd
+SYSTEM_COMMANDS := socat mosquitto mosquitto_sub timedatectl
 
 .PHONY: test demo lint typecheck pytest bench system-deps venv clean
 
@@ -26,16 +26,22 @@ $(STAMP): pyproject.toml
 	touch $@
 
 system-deps:
-	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || \
-	  [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing system packages: $(SYSTEM_PACKAGES)"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
-	  else \
-	    echo "missing:$$missing -- install with: sudo apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; \
+	@if command -v dpkg-query >/dev/null 2>&1; then \
+	  missing=""; for p in $(SYSTEM_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      echo "installing system packages:$$missing"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    else \
+	      echo "missing system packages:$$missing -- install with: sudo apt-get install$$missing" >&2; exit 1; \
+	    fi; \
 	  fi; \
+	else \
+	  for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || \
+	    { echo "missing $$c: install the packages $(SYSTEM_PACKAGES)" >&2; exit 1; }; done; \
 	fi
 
 lint: venv

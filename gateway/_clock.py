@@ -64,9 +64,10 @@ def _timedatectl_synchronised() -> bool | None:
     return {"yes": True, "no": False}.get(value)
 
 
-def clock_synchronised() -> bool:
-    """True when the kernel says its clock is synchronised and the time is plausible."""
-    if time.time() < _EARLIEST_TRUSTED:
+def clock_synchronised(now: float | None = None) -> bool:
+    """True when the kernel says its clock is synchronised and the time (``now``, default the
+    system clock) is plausible."""
+    if (time.time() if now is None else now) < _EARLIEST_TRUSTED:
         return False
     state = _adjtimex_synchronised()
     if state is None:
