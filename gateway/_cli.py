@@ -11,8 +11,9 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 from click.decorators import FC
@@ -44,6 +45,24 @@ class Failure(click.ClickException):
 
     def show(self, file: object = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+def run_async(main: Coroutine[Any, Any, None], *expected: type[Exception]) -> None:
+    """Run ``main``; an ``expected`` failure (also inside a task group) becomes one line, exit 1.
+    Anything else is a bug and keeps its traceback."""
+    kinds: tuple[type[Exception], ...] = (OSError, *expected)
+    try:
+        asyncio.run(main)
+    except kinds as exc:
+        raise Failure(str(exc)) from None
+    except ExceptionGroup as group:
+        match: ExceptionGroup[Exception] | None = group.split(kinds)[0]
+        if match is None:
+            raise
+        first: BaseException = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise Failure(str(first)) from None
 
 
 def _load(path: str) -> GatewayConfig:
@@ -120,10 +139,7 @@ def run_command(config_path: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         await Gateway(cfg).run(stop)
 
-    try:
-        asyncio.run(main())
-    except StoreError as exc:
-        raise Failure(str(exc)) from None
+    run_async(main(), StoreError)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from .._cli import BadInput, run_async
 from .._config import load_config
 from .._errors import ConfigError
 from .._model import BusConfig, GatewayConfig
@@ -66,7 +67,7 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise click.BadParameter(f"{item!r} is not {what}")
+            raise BadInput(f"{item!r} is not {what}")
         out[name] = value
     return out
 
@@ -117,23 +118,28 @@ def sim_command(config_path: str, serial: tuple[str, ...], make_ports: bool,
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise BadInput(str(exc)) from None
     devices = _pairs(serial, "BUS=DEVICE")
     faults = _pairs(fault, "METER=MODE")
+    bus_names = {b.name for b in cfg.buses}
+    for name in devices:
+        if name not in bus_names:
+            raise BadInput(f"--serial: no bus named {name!r}; "
+                           f"buses: {', '.join(sorted(bus_names))}")
     meter_names = {m.name for m in cfg.meters}
     for name, mode in faults.items():
         if name not in meter_names:
-            raise click.UsageError(f"--fault: no meter named {name!r}")
+            raise BadInput(f"--fault: no meter named {name!r}")
         if mode not in FAULTS:
-            raise click.UsageError(f"--fault {name}: {mode!r} is not one of {', '.join(FAULTS)}")
+            raise BadInput(f"--fault {name}: {mode!r} is not one of {', '.join(FAULTS)}")
     for bus in cfg.buses:
         if not bus.is_tcp and bus.name not in devices and not make_ports:
-            raise click.UsageError(f"bus {bus.name!r} is serial: give --serial {bus.name}=DEVICE "
+            raise BadInput(f"bus {bus.name!r} is serial: give --serial {bus.name}=DEVICE "
                                    "or --make-ports")
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    asyncio.run(_serve_all(cfg, devices, faults, make_ports))
+    run_async(_serve_all(cfg, devices, faults, make_ports))
 
 
 async def _serve_all(cfg: GatewayConfig, devices: dict[str, str], faults: dict[str, str],
