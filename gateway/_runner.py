@@ -38,6 +38,7 @@ __all__ = ["Gateway", "polls_to_readings"]
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 3600.0
+_Cycle = tuple[list[MeterPoll], bool]   # one bus's polls of one tick, and the clock was in sync
 _GATHER_S = 0.25          # how long the writer waits for other buses' polls of the same tick
 _MAX_PENDING = 500_000    # readings held in memory while the store cannot take them
 
@@ -98,9 +99,12 @@ class Gateway:
         store = Store(self.store_path, retention_days=cfg.store.retention_days,
                       disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024)
         try:
-            store.register_points(cfg.meters)
+            try:
+                store.register_points(cfg.meters)
+            except StoreError as exc:     # e.g. a full disk: readings intern their points later
+                self._store_failed(exc, [])
             tracker = ConsumptionTracker.for_meters(cfg.meters, store.load_state("consumption"))
-            queue: asyncio.Queue[tuple[int, list[MeterPoll]]] = asyncio.Queue(maxsize=64)
+            queue: asyncio.Queue[_Cycle] = asyncio.Queue(maxsize=64)
             async with asyncio.TaskGroup() as tg:
                 bus_tasks = []
                 for bus in cfg.buses:
@@ -147,31 +151,31 @@ class Gateway:
             await self._sleep(min(delay, 5.0))
 
     async def _bus_loop(self, poller: BusPoller, meters: Sequence[MeterConfig],
-                        queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
+                        queue: asyncio.Queue[_Cycle]) -> None:
         while True:
             tick = await self._sleep_until(meters)
             due = due_meters(meters, tick)
+            # The clock must be trusted both before and after the transactions: a clock stepped
+            # in between (NTP correcting a 1970 boot) makes every stamp of the cycle suspect.
+            synced = self._synchronised()
             polls = await poller.poll(due, tick)
-            await queue.put((tick, polls))
+            await queue.put((polls, synced and self._synchronised()))
 
     async def _writer(self, store: Store, tracker: ConsumptionTracker,
-                      queue: asyncio.Queue[tuple[int, list[MeterPoll]]]) -> None:
+                      queue: asyncio.Queue[_Cycle]) -> None:
         last_prune = 0.0
         pending: list[Reading] = []      # readings the store could not take yet
         while True:
-            tick, polls = await queue.get()
-            batch = [polls]
+            batch = [await queue.get()]
             deadline = time.monotonic() + _GATHER_S
             while time.monotonic() < deadline:
                 try:
-                    batch.append(queue.get_nowait()[1])
+                    batch.append(queue.get_nowait())
                 except asyncio.QueueEmpty:
                     await asyncio.sleep(0.02)
             try:
-                synchronised = (self._clock_check() if self.config.gateway.require_time_sync
-                                else True)
-                for group in batch:
-                    pending.extend(polls_to_readings(group, tracker, synchronised))
+                for polls, synchronised in batch:
+                    pending.extend(polls_to_readings(polls, tracker, synchronised))
                 stats = {name: {m: s.as_json() for m, s in p.stats.items()}
                          for name, p in self.pollers.items()}
                 try:
@@ -186,7 +190,7 @@ class Gateway:
                         self.store_error = None
                     pending = []
                     self.cycles += 1
-                    log.debug("cycle %d stored", tick)
+                    log.debug("cycle %d stored", self.cycles)
                 if time.monotonic() - last_prune > _PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     try:
@@ -196,6 +200,9 @@ class Gateway:
             finally:
                 for _ in batch:
                     queue.task_done()
+
+    def _synchronised(self) -> bool:
+        return self._clock_check() if self.config.gateway.require_time_sync else True
 
     def _store_failed(self, exc: StoreError, pending: list[Reading]) -> None:
         """Keep the readings in memory (bounded) and say so once per kind of failure."""
