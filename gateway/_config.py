@@ -7,11 +7,12 @@ path (``meter[2].point[0].type``) and the fix; unknown keys are errors.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from protocol import CreditCodeError, load_energy_types, validate_credit_code
+from protocol import CreditCodeError, EnergyType, load_energy_types, validate_credit_code
 
 from ._model import (
     BUS_KINDS,
@@ -47,13 +48,14 @@ def load_config(path: str | Path) -> GatewayConfig:
                                _missing(top, "gateway", "add a [gateway] table with id and unit"),
                                base)
     store = _store_section(top.table("store"))
-    energy_keys = _energy_keys(top)
+    energy = _energy_table(top)
     buses = _buses(top)
-    meters = _meters(top, base, {b.name: b for b in buses}, energy_keys)
+    meters = _meters(top, base, {b.name: b for b in buses}, frozenset(energy))
     destinations = _destinations(top, base)
     top.done()
     return GatewayConfig(source=file.resolve(), gateway=section, buses=tuple(buses),
-                         meters=tuple(meters), destinations=tuple(destinations), store=store)
+                         meters=tuple(meters), destinations=tuple(destinations), store=store,
+                         energy=energy)
 
 
 def _missing(t: Table, name: str, hint: str) -> Table:
@@ -88,13 +90,12 @@ def _store_section(t: Table) -> StoreConfig:
     return StoreConfig(retention_days=days, disk_budget_mb=budget)
 
 
-def _energy_keys(top: Table) -> frozenset[str]:
+def _energy_table(top: Table) -> Mapping[str, EnergyType]:
     overrides = top.get("energy", dict, {})
     try:
-        table = load_energy_types(overrides or None)
+        return load_energy_types(overrides or None)
     except ValueError as exc:
         raise top.error("energy", str(exc)) from None
-    return frozenset(table)
 
 
 def _buses(top: Table) -> list[BusConfig]:

@@ -6,8 +6,12 @@ these and never the raw TOML. Field names follow the TOML keys in CONTRACT.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+
+from protocol import EnergyType
 
 __all__ = [
     "BUS_KINDS",
@@ -130,6 +134,8 @@ class GatewayConfig:
     meters: tuple[MeterConfig, ...]
     destinations: tuple[DestinationConfig, ...] = ()
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: energy types with their tce factors, the site's ``[energy.*]`` overrides applied
+    energy: Mapping[str, EnergyType] = field(default_factory=lambda: MappingProxyType({}))
 
     def bus(self, name: str) -> BusConfig:
         for b in self.buses:

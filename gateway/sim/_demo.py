@@ -75,16 +75,19 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 @click.option("--dir", "directory", default="demo-data", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Where the demo writes its configuration, store and logs.")
-@click.option("--duration", default=40.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds to run; 0 runs until Ctrl-C.")
-def demo_command(directory: Path, duration: float) -> None:
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to run the live site; 0 runs until Ctrl-C.")
+@click.option("--time-lapse/--no-time-lapse", "time_lapse", default=True, show_default=True,
+              help="Then replay 75 minutes of a site at 240x, to show 15-minute and hourly "
+                   "consumption with its standard-coal equivalent.")
+def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
     """Run simulated meters (Modbus TCP and RTU, DL/T 645, CJ/T 188) and a gateway, and show
-    the readings arriving in its store.
+    the readings arriving in its store; then a time-lapse of consumption.
 
     \b
     Examples:
       kemon demo
-      kemon demo --dir /tmp/kemon-demo --duration 0
+      kemon demo --dir /tmp/kemon-demo --duration 0 --no-time-lapse
     """
     from gateway._store import Store
 
@@ -128,8 +131,19 @@ def demo_command(directory: Path, duration: float) -> None:
             code = _stop(gateway)
             click.echo(f"\ndemo: gateway stopped (exit {code})")
         _stop(sim)
-    if not interrupted:
-        _summary(directory, config, counts)
+    if interrupted:
+        return
+    _summary(directory, config, counts)
+    if time_lapse:
+        import asyncio
+
+        from ._timelapse import run_time_lapse
+
+        click.echo("\ndemo: time-lapse: 75 minutes of a two-meter site at 240x; the gateway "
+                   "turns counter readings\n      into 15-minute and hourly consumption on the "
+                   "China Standard Time grid (GB/T 2589 factors):\n")
+        lapse_store = asyncio.run(run_time_lapse(directory / "time-lapse", echo=click.echo))
+        click.echo(f"\ndemo: time-lapse store {lapse_store}")
 
 
 def _energy_points(config: Path) -> set[str]:
@@ -153,15 +167,20 @@ def _summary(directory: Path, config: Path, counts: dict[Period, int]) -> None:
                + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for bus, stats in sorted(meters.items()):
         for name, s in sorted(stats.items()):
-            state = "OFFLINE" if s.get("offline") else "online"
+            state = ("OFFLINE" if s.get("offline") else
+                     "FAILING" if s.get("consecutive_failures") else "online")
             click.echo(f"  meter {name:<8} on {bus:<8} {state:<7} requests {s.get('requests')}, "
                        f"errors {s.get('errors')}, timeouts {s.get('timeouts')}, "
                        f"latency {s.get('last_latency_ms')} ms")
     rel = os.path.relpath(config)
     if rel.startswith(".."):
         rel = str(config.resolve())
+    kemon = Path(sys.executable).parent / "kemon"
+    cmd = os.path.relpath(kemon) if kemon.exists() else "kemon"
+    if cmd.startswith(".."):
+        cmd = str(kemon)
     click.echo("\nTry:\n"
-               f"  .venv/bin/kemon gateway readings -c {rel} --period instant --limit 5\n"
-               f"  .venv/bin/kemon gateway meters -c {rel}\n"
-               f"  .venv/bin/kemon demo --duration 0     (runs until Ctrl-C; 15-minute "
+               f"  {cmd} gateway readings -c {rel} --period instant --limit 5\n"
+               f"  {cmd} gateway meters -c {rel}\n"
+               f"  {cmd} demo --duration 0     (runs until Ctrl-C; 15-minute "
                "consumption appears at each quarter hour)")
