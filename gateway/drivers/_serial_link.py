@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -38,7 +39,7 @@ class _Skippable(Protocol):
     skip: int
 
 
-class FrameLink:
+class FrameLink(ABC):
     """Shared buffer logic; subclasses move the bytes."""
 
     def __init__(self, name: str) -> None:
@@ -57,21 +58,25 @@ class FrameLink:
         self._arrived.set()
 
     # -- transport specifics
+    @abstractmethod
     async def open(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def _write(self, data: bytes) -> None:
-        raise NotImplementedError
+        ...
 
-    def _discard_pending(self) -> None:
+    def _discard_pending(self) -> None:  # noqa: B027 - optional hook: TCP holds nothing back
         """Drop bytes the transport holds that have not reached the buffer yet."""
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        ...
 
     @property
+    @abstractmethod
     def is_open(self) -> bool:
-        raise NotImplementedError
+        ...
 
     # -- the one operation drivers use
     async def transact(self, request: bytes, split: Callable[[bytearray], tuple[F | None, int]],
