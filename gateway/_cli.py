@@ -23,6 +23,7 @@ from protocol import Period, parse_time
 from ._config import load_config
 from ._errors import ConfigError
 from ._model import GatewayConfig
+from ._sizing import estimate_store
 
 __all__ = ["gateway_group"]
 
@@ -114,6 +115,18 @@ def check_command(config_path: str) -> None:
     click.echo(f"ok: gateway {cfg.gateway.id} of unit {cfg.gateway.unit}: "
                f"{len(cfg.buses)} buses, {len(cfg.meters)} meters, {points} points, "
                f"{len(cfg.destinations)} destinations")
+    size = estimate_store(cfg)
+    mb = 1024 * 1024
+    click.echo(f"store: about {size.full_per_day:,.0f} readings a day "
+               f"({size.thinned_per_day:,.0f} after {cfg.store.full_resolution_days} days); "
+               f"{cfg.store.retention_days} days need about {size.retention_bytes / mb:,.0f} MB "
+               f"of the {cfg.store.disk_budget_mb:,} MB budget")
+    if not size.fits:
+        click.echo(f"warning: {cfg.source}: store.disk_budget_mb: {cfg.store.disk_budget_mb} MB "
+                   f"holds only about {size.days_that_fit:.0f} days of history, not "
+                   f"retention_days = {cfg.store.retention_days}; raise the budget to about "
+                   f"{size.retention_bytes / mb * 1.1:,.0f} or lower full_resolution_days",
+                   err=True)
 
 
 @gateway_group.command("run")

@@ -83,11 +83,14 @@ def _gateway_section(t: Table, base: Path) -> GatewaySection:
 def _store_section(t: Table) -> StoreConfig:
     days = t.get("retention_days", int, 200)
     budget = t.get("disk_budget_mb", int, 2048)
-    assert days is not None and budget is not None
+    full = t.get("full_resolution_days", int, 31)
+    assert days is not None and budget is not None and full is not None
     t.check("retention_days", days, lambda d: d >= 1, "must be at least 1 day")
     t.check("disk_budget_mb", budget, lambda b: b >= 16, "must be at least 16 (MB)")
+    t.check("full_resolution_days", full, lambda d: 1 <= d <= days,
+            f"must be between 1 and retention_days ({days})")
     t.done()
-    return StoreConfig(retention_days=days, disk_budget_mb=budget)
+    return StoreConfig(retention_days=days, disk_budget_mb=budget, full_resolution_days=full)
 
 
 def _energy_table(top: Table) -> Mapping[str, EnergyType]:

@@ -116,6 +116,7 @@ class DestinationConfig:
 class StoreConfig:
     retention_days: int = 200          # ≥ 6 months of history by default
     disk_budget_mb: int = 2048         # the store never grows past this on disk
+    full_resolution_days: int = 31     # then instant readings are kept on the 15-minute grid
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,8 @@ class Gateway:
             raise StoreError(cfg.gateway.data_dir,
                              f"cannot create the data directory: {exc.strerror or exc}") from None
         store = Store(self.store_path, retention_days=cfg.store.retention_days,
-                      disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024)
+                      disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024,
+                      full_resolution_days=cfg.store.full_resolution_days)
         try:
             try:
                 store.register_points(cfg.meters)

@@ -67,6 +67,7 @@ _CACHE_KIB = 8192              # page cache per connection (cache_size = -KiB)
 _WAL_AUTOCHECKPOINT = 2000     # pages (8 MiB of WAL) between automatic checkpoints
 _WAL_LIMIT = 32 * 1024 * 1024  # journal_size_limit: WAL truncated to this after a checkpoint
 _BUSY_MS = 5000
+_QUARTER_MS = 900_000            # the 15-minute grid (CST is UTC+8: the same grid in UTC)
 _CHUNK = 20_000                # rows deleted per prune transaction
 _VACUUM_STEP = 2048            # pages released per incremental_vacuum step
 _LOW_WATER = 0.9               # budget eviction stops at this share of the budget
@@ -166,12 +167,14 @@ class Store:
         *,
         retention_days: int = 200,
         disk_budget_bytes: int = 2048 * 1024 * 1024,
+        full_resolution_days: int | None = None,
         trace: Callable[[str], None] | None = None,
         _readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.retention_days = retention_days
         self.disk_budget_bytes = disk_budget_bytes
+        self.full_resolution_days = full_resolution_days
         self.readonly = _readonly
         self._point_ids: dict[str, int] = {}
         self._point_codes: dict[int, str] = {}
@@ -516,7 +519,7 @@ class Store:
         before = self.file_bytes()
         cutoff = now_ms - self.retention_days * _DAY_MS
 
-        by_age = 0
+        by_age = self._thin(now_ms, guard) if self.full_resolution_days is not None else 0
         while True:
             n = self._write("pruning by age", lambda c: c.execute(
                 "DELETE FROM reading WHERE id IN (SELECT id FROM reading "
@@ -549,6 +552,32 @@ class Store:
             log.info("store %s: pruned %d old and %d over-budget readings (%d -> %d bytes)",
                      self.path, by_age, by_budget, before, after)
         return PruneResult(by_age, by_budget, before, after, over)
+
+    def _thin(self, now_ms: int, guard: int) -> int:
+        """Drop instant readings older than ``full_resolution_days`` that are off the
+        15-minute grid: what is kept for the whole retention are the samples at :00, :15, :30
+        and :45 (the counter values at the boundaries the platform's intervals use) and every
+        interval reading. A watermark in ``kv`` makes each pass start where the last ended."""
+        assert self.full_resolution_days is not None
+        cutoff = now_ms - self.full_resolution_days * _DAY_MS
+        start = self.load_state("store.thinned_until") or 0
+        if cutoff <= start:
+            return 0
+        thinned = 0
+        while True:
+            n = self._write("thinning old instant readings", lambda c: c.execute(
+                "DELETE FROM reading WHERE id IN (SELECT id FROM reading "
+                "WHERE ts >= ? AND ts < ? AND period = 0 AND ts % ? != 0 AND id < ? LIMIT ?)",
+                (start, cutoff, _QUARTER_MS, guard, _CHUNK)).rowcount)
+            thinned += n
+            if n < _CHUNK:
+                break
+        # Rows at or above the guard (not delivered yet) were kept; thin them on a later pass.
+        low = self._db().execute(
+            "SELECT min(ts) FROM reading WHERE id >= ? AND ts >= ? AND ts < ? AND period = 0",
+            (guard, start, cutoff)).fetchone()[0]
+        self.put_state("store.thinned_until", cutoff if low is None else int(low))
+        return int(thinned)
 
     def _delete_below(self, reading_id: int) -> int:
         def work(conn: sqlite3.Connection) -> int:
