@@ -208,6 +208,8 @@ class Store:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                self._create()
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         if trace is not None:
             conn.set_trace_callback(trace)
@@ -236,6 +238,29 @@ class Store:
             log.warning("store %s: auto_vacuum is not INCREMENTAL; the file will not shrink",
                         self.path)
         return conn
+
+    def _create(self) -> None:
+        """Build a new store beside its final name and rename it into place, so that a reader
+        (``kemon gateway readings`` while the gateway starts) never meets a half-made file."""
+        tmp = self.path.with_name(self.path.name + ".creating")
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{tmp}{suffix}")
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            MIGRATIONS.apply(sqlite_utils.Database(conn, execute_plugins=False))
+        finally:
+            conn.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False)
