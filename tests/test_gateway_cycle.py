@@ -1,12 +1,12 @@
-"""The gateway's poll loop in process, against a real Modbus TCP simulator on loopback, on an
-accelerated clock: both the simulator and the gateway read the same fast wall clock, so half an
-hour of quarter-hour boundaries passes in seconds, and the consumption the gateway computes can
-be checked against the simulator's known counter function."""
+"""The gateway's poll loop in process, against a real Modbus TCP simulator on loopback, on a
+virtual clock (gateway.sim's VirtualClock) that both read: half an hour of quarter-hour
+boundaries passes in seconds and every poll lands on its tick, so the consumption the gateway
+computes can be checked exactly against the simulator's known counter function. (Timing on a
+real clock is tested by tests/test_gateway_process.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -17,25 +17,10 @@ from gateway._runner import Gateway
 from gateway._store import Store
 from gateway.sim._modbus_sim import serve_modbus_tcp
 from gateway.sim._values import SimMeter, point_value
+from gateway.sim._virtual_clock import VirtualClock
 from protocol import CST, Period, Quality, to_ms
 
 from .conftest import UNIT
-
-SPEED = 150.0   # simulated seconds per real second
-
-
-class FastClock:
-    """A wall clock running SPEED times faster than real time from ``start``."""
-
-    def __init__(self, start: datetime) -> None:
-        self.origin = start.timestamp()
-        self.real0 = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.origin + (time.monotonic() - self.real0) * SPEED
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds / SPEED)
 
 
 def config_text(port: int, data_dir: Path, *, require_sync: bool = True) -> str:
@@ -63,7 +48,8 @@ interval = 60
 
 
 async def _run(tmp_path: Path, start: datetime, until: datetime, synced: bool) -> Path:
-    clock = FastClock(start)
+    clock = VirtualClock(start.timestamp())
+    pacer = asyncio.create_task(clock.run())
     bound: list[int] = []
     ready = asyncio.Event()
     data_dir = tmp_path / "data"
@@ -89,16 +75,16 @@ async def _run(tmp_path: Path, start: datetime, until: datetime, synced: bool) -
         stop.set()
         await asyncio.wait_for(runner, 20)
     finally:
-        sim.cancel()
-        runner.cancel()
-        await asyncio.gather(sim, runner, return_exceptions=True)
+        for task in (sim, runner, pacer):
+            task.cancel()
+        await asyncio.gather(sim, runner, pacer, return_exceptions=True)
     return data_dir / "store.db"
 
 
 @pytest.mark.slow
 def test_quarter_hours_match_the_meter(tmp_path: Path) -> None:
     start = datetime(2026, 11, 27, 7, 58, 30, tzinfo=CST)
-    until = datetime(2026, 11, 27, 8, 31, 10, tzinfo=CST)
+    until = datetime(2026, 11, 27, 9, 1, 10, tzinfo=CST)
     store_path = asyncio.run(_run(tmp_path, start, until, synced=True))
     cfg = load_config(tmp_path / "gateway.toml")
     energy = next(p for p in cfg.meters[0].points if p.key == "import_kwh")
@@ -108,26 +94,31 @@ def test_quarter_hours_match_the_meter(tmp_path: Path) -> None:
         hours = list(store.query(point=energy.code, period=Period.HOUR))
         meters = store.load_state("meters")
 
-    # every minute from 07:59 to 08:31 polled on the grid, stamped with the grid time
+    # every minute from 07:59 to 09:01 polled on the grid, stamped with the grid time
     minutes = {r.ts for r in instants}
-    expected = {to_ms(datetime(2026, 11, 27, 7, 59, tzinfo=CST)) + i * 60_000 for i in range(33)}
+    expected = {to_ms(datetime(2026, 11, 27, 7, 59, tzinfo=CST)) + i * 60_000 for i in range(63)}
     assert expected <= minutes
     assert all(r.ts % 60_000 == 0 for r in instants)
-    good = [r for r in instants if r.quality == Quality.GOOD]
-    assert len(good) >= len(instants) - 1     # at most one poll slowed past 1 simulated second
-    for r in good:
+    assert all(r.quality == Quality.GOOD for r in instants)
+    for r in instants:
         assert r.value == pytest.approx(point_value(energy, r.ts / 1000), abs=0.05)
 
     # 15-minute consumption: counter at the next boundary minus counter at this one
     assert [r.ts for r in quarters] == [to_ms(datetime(2026, 11, 27, 8, m, tzinfo=CST))
-                                        for m in (0, 15)]
+                                        for m in (0, 15, 30, 45)]
     for r in quarters:
         b0, b1 = r.ts / 1000, r.ts / 1000 + 900
         assert r.quality == Quality.GOOD
         assert r.value == pytest.approx(point_value(energy, b1) - point_value(energy, b0),
                                         abs=0.05)
         assert r.value > 0
-    assert hours == []          # 08:00-09:00 is not over yet
+    # the hour from its own boundaries, equal to the sum of its quarters
+    (hour,) = hours
+    assert hour.ts == to_ms(datetime(2026, 11, 27, 8, 0, tzinfo=CST))
+    assert hour.quality == Quality.GOOD
+    assert hour.value == pytest.approx(sum(q.value for q in quarters), abs=1e-6)
+    assert hour.value == pytest.approx(point_value(energy, hour.ts / 1000 + 3600)
+                                       - point_value(energy, hour.ts / 1000), abs=0.05)
     assert meters["lan"]["incomer"]["offline"] is False
     assert meters["lan"]["incomer"]["errors"] == 0
 

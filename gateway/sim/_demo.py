@@ -78,8 +78,8 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to run the live site; 0 runs until Ctrl-C.")
 @click.option("--time-lapse/--no-time-lapse", "time_lapse", default=True, show_default=True,
-              help="Then replay 75 minutes of a site at 240x, to show 15-minute and hourly "
-                   "consumption with its standard-coal equivalent.")
+              help="Then replay 75 minutes of a site on a virtual clock, to show 15-minute and "
+                   "hourly consumption with its standard-coal equivalent.")
 def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
     """Run simulated meters (Modbus TCP and RTU, DL/T 645, CJ/T 188) and a gateway, and show
     the readings arriving in its store; then a time-lapse of consumption.
@@ -139,9 +139,9 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
 
         from ._timelapse import run_time_lapse
 
-        click.echo("\ndemo: time-lapse: 75 minutes of a two-meter site at 240x; the gateway "
-                   "turns counter readings\n      into 15-minute and hourly consumption on the "
-                   "China Standard Time grid (GB/T 2589 factors):\n")
+        click.echo("\ndemo: time-lapse: 75 minutes of a two-meter site on a virtual clock; the "
+                   "gateway turns counter\n      readings into 15-minute and hourly consumption "
+                   "on the China Standard Time grid (GB/T 2589 factors):\n")
         lapse_store = asyncio.run(run_time_lapse(directory / "time-lapse", echo=click.echo))
         click.echo(f"\ndemo: time-lapse store {lapse_store}")
 

@@ -2,13 +2,13 @@
 quarter-hours and hours of consumption appear within seconds. Used by ``kemon demo``.
 
 The gateway and the simulator are the real ones (Modbus TCP on loopback, the real store); only
-the wall clock they both read runs ``speed`` times faster than real time.
+the wall clock they both read is virtual (``VirtualClock``): it jumps from one wake-up to the
+next, and stands still while a poll is on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,8 +21,9 @@ from .._runner import Gateway
 from .._store import Store
 from ._modbus_sim import serve_modbus_tcp
 from ._values import SimMeter
+from ._virtual_clock import VirtualClock
 
-__all__ = ["FastClock", "run_time_lapse"]
+__all__ = ["run_time_lapse"]
 
 _SITE = """\
 [gateway]
@@ -61,28 +62,13 @@ interval = 60
 """
 
 
-class FastClock:
-    """A wall clock that starts at ``start`` and runs ``speed`` times faster than real time."""
-
-    def __init__(self, start: datetime, speed: float) -> None:
-        self.origin = start.timestamp()
-        self.speed = speed
-        self.real0 = time.monotonic()
-
-    def __call__(self) -> float:
-        return self.origin + (time.monotonic() - self.real0) * self.speed
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds / self.speed)
-
-
 def _write_site(path: Path, data_dir: Path, port: int) -> GatewayConfig:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(_SITE.format(data_dir=data_dir, port=port), encoding="utf-8")
     return load_config(path)
 
 
-async def run_time_lapse(directory: Path, *, hours: float = 1.25, speed: float = 240.0,
+async def run_time_lapse(directory: Path, *, hours: float = 1.25,
                          echo: Callable[[str], None] = print) -> Path:
     """Run the time-lapse site for ``hours`` of simulated time; print each interval reading
     with its standard-coal equivalent as it is stored. Returns the store's path."""
@@ -92,7 +78,8 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25, speed: float =
     ready, bound = asyncio.Event(), list[int]()
     now = datetime.now(CST).replace(minute=0, second=0, microsecond=0)
     start = now - timedelta(hours=2, seconds=30)
-    clock = FastClock(start, speed)
+    clock = VirtualClock(start.timestamp())
+    pacer = asyncio.create_task(clock.run(), name="kemon.demo.clock")
     sim = asyncio.create_task(serve_modbus_tcp([SimMeter(m.address, m.points) for m in meters],
                                                port=0, ready=ready, bound=bound, clock=clock),
                               name="kemon.demo.sim")
@@ -124,7 +111,7 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25, speed: float =
         stop.set()
         await asyncio.wait_for(runner, 15)
     finally:
-        for task in (sim, runner):
+        for task in (sim, runner, pacer):
             task.cancel()
-        await asyncio.gather(sim, runner, return_exceptions=True)
+        await asyncio.gather(sim, runner, pacer, return_exceptions=True)
     return store_path
