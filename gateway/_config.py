@@ -6,6 +6,7 @@ path (``meter[2].point[0].type``) and the fix; unknown keys are errors.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     meters = _meters(top, base, {b.name: b for b in buses}, frozenset(energy))
     destinations = _destinations(top, base)
     top.done()
+    if section.key_file is None and destinations and destinations[0].key_file is not None:
+        section = dataclasses.replace(section, key_file=destinations[0].key_file,
+                                      cert_file=destinations[0].cert_file)
     return GatewayConfig(source=file.resolve(), gateway=section, buses=tuple(buses),
                          meters=tuple(meters), destinations=tuple(destinations), store=store,
                          energy=energy)
@@ -72,9 +76,12 @@ def _gateway_section(t: Table, base: Path) -> GatewaySection:
     except CreditCodeError as exc:
         raise t.error("unit", str(exc)) from None
     data_dir = Path(t.req("data_dir", str, hint='e.g. data_dir = "/var/lib/kemon"'))
+    key_file, cert_file = t.get("key_file", str), t.get("cert_file", str)
     section = GatewaySection(
         id=gid, unit=unit, data_dir=(base / data_dir).resolve(),
         require_time_sync=bool(t.get("require_time_sync", bool, True)),
+        key_file=(base / key_file).resolve() if key_file else None,
+        cert_file=(base / cert_file).resolve() if cert_file else None,
     )
     t.done()
     return section
@@ -305,8 +312,21 @@ def _destinations(top: Table, base: Path) -> list[DestinationConfig]:
             value = t.get(key, str)
             return (base / value).resolve() if value is not None else None
 
-        out.append(DestinationConfig(name=name, url=url, ca_file=path_of("ca_file"),
-                                     cert_file=path_of("cert_file"), key_file=path_of("key_file"),
-                                     insecure=insecure))
+        rate = t.get("rate_limit", float, 50.0)
+        inflight = t.get("max_inflight", int, 64)
+        keepalive = t.get("keepalive", int, 30)
+        assert rate is not None and inflight is not None and keepalive is not None
+        t.check("rate_limit", rate, lambda r: r > 0, "must be more than 0 (batches per second)")
+        t.check("max_inflight", inflight, lambda n: 1 <= n <= 65535, "must be 1..65535")
+        t.check("keepalive", keepalive, lambda k: 5 <= k <= 3600, "must be 5..3600 seconds")
+        files = {key: path_of(key) for key in ("ca_file", "cert_file", "key_file")}
+        if parts.scheme == "mqtts":
+            for key, value in files.items():
+                if value is None:
+                    raise t.error(key, "is missing; mqtts:// needs ca_file, cert_file and key_file")
+        out.append(DestinationConfig(name=name, url=url, ca_file=files["ca_file"],
+                                     cert_file=files["cert_file"], key_file=files["key_file"],
+                                     insecure=insecure, rate_limit=rate, max_inflight=inflight,
+                                     keepalive=keepalive))
         t.done()
     return out

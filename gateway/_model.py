@@ -104,12 +104,41 @@ class MeterConfig:
 
 @dataclass(frozen=True, slots=True)
 class DestinationConfig:
+    """A platform the gateway reports to (province, national, head office: 一端多传).
+
+    ``url`` is ``mqtts://host:port`` (TLS, server verified against ``ca_file``; the gateway
+    authenticates with ``cert_file``/``key_file``) or, with ``insecure``, ``mqtt://``.
+    ``rate_limit``: batches per second at most; ``max_inflight``: batches published and not yet
+    acknowledged (PUBACK) at most; ``keepalive``: MQTT keepalive seconds (a silent link is
+    noticed after 1.5 times this).
+    """
+
     name: str
     url: str
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False
+    rate_limit: float = 50.0
+    max_inflight: int = 64
+    keepalive: int = 30
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +150,15 @@ class StoreConfig:
 
 @dataclass(frozen=True, slots=True)
 class GatewaySection:
+    """``key_file``/``cert_file``: the gateway's identity; batches are signed with this key
+    (the one its TLS certificate holds). Default: the first destination's."""
+
     id: str
     unit: str
     data_dir: Path
     require_time_sync: bool = True
+    key_file: Path | None = None
+    cert_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
