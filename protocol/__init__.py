@@ -4,6 +4,20 @@ Pure functions and data, no I/O beyond reading the package's own data files (and
 energy-factor override file when one is named).
 """
 
+from ._batch import (
+    BATCH_KINDS,
+    MAX_SEALED_BYTES,
+    ZERO_HASH,
+    Batch,
+    BatchError,
+    BatchFormatError,
+    BatchHeader,
+    BatchSignatureError,
+    batch_hash,
+    peek,
+    seal,
+    unseal,
+)
 from ._credit import (
     CREDIT_ALPHABET,
     CreditCodeError,
@@ -33,12 +47,20 @@ from ._reading import Period, Quality, Reading, period_end, period_start
 from ._time import CST, from_ms, month_start, next_month_start, parse_time, to_ms, to_rfc3339
 
 __all__ = [
+    "BATCH_KINDS",
     "CREDIT_ALPHABET",
     "CST",
     "DATA_CLASSES",
     "ENERGY_CATEGORIES",
+    "MAX_SEALED_BYTES",
     "PROVINCE_CODES",
     "TOPIC_ROOT",
+    "ZERO_HASH",
+    "Batch",
+    "BatchError",
+    "BatchFormatError",
+    "BatchHeader",
+    "BatchSignatureError",
     "CreditCodeError",
     "DataItemCode",
     "Direction",
@@ -47,6 +69,7 @@ __all__ = [
     "Quality",
     "Reading",
     "Topic",
+    "batch_hash",
     "credit_check_char",
     "from_ms",
     "load_energy_types",
@@ -57,13 +80,16 @@ __all__ = [
     "parse_data_item_code",
     "parse_time",
     "parse_topic",
+    "peek",
     "period_end",
     "period_start",
+    "seal",
     "to_ms",
     "to_rfc3339",
     "to_tce",
     "topic",
     "topic_filter",
+    "unseal",
     "validate_credit_code",
     "validate_gateway_id",
     "validate_kind",
