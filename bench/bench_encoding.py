@@ -110,22 +110,23 @@ def as_read(kind: str, value: float, decimals: int, scale: float) -> float:
     return round(value / scale) * scale
 
 
-def make_batch_readings(seed: int = 7) -> list[Reading]:
+def make_batch_readings(seed: int = 7, cycles: int = 4) -> list[Reading]:
+    """The benchmark batch: 48 instants a cycle, then the closed consumption intervals."""
     rng = random.Random(seed)
     t0 = to_ms(__import__("datetime").datetime(2026, 11, 27, 8, 57))
     readings: list[Reading] = []
     start_counts: dict[str, float] = {}
     end_counts: dict[str, float] = {}
-    for cycle in range(4):
+    for cycle in range(cycles):
         ts = t0 + cycle * 60_000
         for m, kind in enumerate(METERS):
-            quality = Quality.LATE if (m == 1 and cycle == 2) else Quality.GOOD
+            quality = Quality.LATE if (m == 1 and cycle % 4 == 2) else Quality.GOOD
             for q, (name, mean, wobble, dec, scale) in enumerate(QUANTITIES):
                 code = f"01010{m + 1:03d}01{q + 1:04d}01"
                 value = as_read(kind, mean * (1 + 0.01 * m) + rng.uniform(-wobble, wobble),
                                 dec, scale)
                 qual = quality
-                if m == 3 and cycle == 1 and name in ("ia", "ib"):
+                if m == 3 and cycle % 4 == 1 and name in ("ia", "ib"):
                     qual, value = Quality.COMM_ERROR, 0.0
                 readings.append(Reading(code, Period.INSTANT, ts, value, qual))
             for c, (_name, v0, rate, dec, scale) in enumerate(COUNTERS):
@@ -270,7 +271,7 @@ def columnar_msgpack_shuffled(readings: Sequence[Reading]) -> bytes:
     return zlib.compress(msgspec.msgpack.encode(cols), 9)
 
 
-def chosen(readings: Sequence[Reading], level: int = 9) -> bytes:
+def chosen(readings: Sequence[Reading], level: int = codec.ZLIB_LEVEL) -> bytes:
     """The production body (protocol._batch_codec) at a given zlib level."""
     saved = codec.ZLIB_LEVEL
     codec.ZLIB_LEVEL = level
@@ -314,8 +315,9 @@ def sizes(readings: list[Reading], envelope: int) -> list[tuple[str, float, floa
         ("(e) columnar msgpack, float64 values + zlib 9, sealed", columnar_msgpack_zlib),
         ("(e2) columnar msgpack, byte-shuffled float64 + zlib 9, sealed",
          columnar_msgpack_shuffled),
-        ("(f) chosen, zlib 6, sealed", lambda rs: chosen(rs, 6)),
-        ("(f) chosen: columnar msgpack, decimal/f32/f64 + deltas, zlib 9, sealed", chosen),
+        ("(f) chosen, but zlib 9, sealed", lambda rs: chosen(rs, 9)),
+        ("(f) chosen, but zlib 1, sealed", lambda rs: chosen(rs, 1)),
+        ("(f) chosen: columnar msgpack, decimal/f32/f64 + deltas, zlib 6, sealed", chosen),
     ]
     for label, encode in batch:
         size = len(encode(readings)) + envelope
@@ -323,20 +325,29 @@ def sizes(readings: list[Reading], envelope: int) -> list[tuple[str, float, floa
     return rows
 
 
-def timing(batch: Batch, key: Any, rounds: int) -> tuple[float, float, float]:
-    """Median µs per batch: seal, unseal with verification, peek."""
-    def median_us(fn: Callable[[], object]) -> float:
+def by_size(key: Any) -> None:
+    """Bytes a reading of the sealed batch as the batch grows (same data, first n readings)."""
+    print(f"\n{'readings a batch (instants only)':<34}{'sealed bytes':>14}{'B/reading':>11}")
+    for n in (1, 10, 50, 100, 200, 500, 1000, 10_000):
+        rs = make_batch_readings(cycles=n // 48 + 1)[:n]
+        size = len(seal(Batch(UNIT, GATEWAY, 1, ZERO_HASH, "data", rs[-1].ts, tuple(rs)), key))
+        print(f"{n:<34}{size:>14,}{size / n:>11.1f}")
+
+
+def timing(batch: Batch, key: Any, rounds: int) -> list[tuple[float, float]]:
+    """(median, fastest) µs per batch: seal, unseal with verification, unseal without, peek."""
+    def us(fn: Callable[[], object]) -> tuple[float, float]:
         samples = []
         for _ in range(rounds):
             t = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t) * 1e6)
-        return statistics.median(samples)
+        return statistics.median(samples), min(samples)
     sealed = seal(batch, key)
     public = key.public_key()
     assert unseal(sealed, public) == batch
-    return (median_us(lambda: seal(batch, key)), median_us(lambda: unseal(sealed, public)),
-            median_us(lambda: peek(sealed)))
+    return [us(lambda: seal(batch, key)), us(lambda: unseal(sealed, public)),
+            us(lambda: unseal(sealed, None)), us(lambda: peek(sealed))]
 
 
 def main() -> None:
@@ -357,16 +368,18 @@ def main() -> None:
           f" float64 {kinds.count(2)}; envelope {envelope} bytes (header + 64-byte signature)")
     print(f"\n{'encoding':<74}{'B/reading':>10}{'+MQTT':>8}")
     for label, per, framed in sizes(readings, envelope):
-        print(f"{label:<74}{per:>10.1f}{framed:>8.1f}")
+        print(f"{label:<74}{per:>10.2f}{framed:>8.2f}")
     print(f"sealed batch: {len(sealed)} bytes = {len(sealed) / len(readings):.1f} B/reading; "
           f"goal <= 12: {'met' if len(sealed) / len(readings) <= 12 else 'NOT met'}")
     assert unseal(sealed, key.public_key()).prev == batch.prev and batch.prev != ZERO_HASH
-    print(f"\n{'time per 200-reading batch (median of ' + str(args.rounds) + ')':<44}"
-          f"{'seal µs':>10}{'unseal µs':>11}{'peek µs':>9}")
+    by_size(key)
+    print(f"\ntime per 200-reading batch, µs: median (fastest) of {args.rounds}")
+    print(f"{'':<24}{'seal':>14}{'unseal+verify':>16}{'unseal, no key':>16}{'peek':>12}")
     for label, k in (("ECDSA P-256 / SHA-256", key),
                      ("Ed25519", ed25519.Ed25519PrivateKey.generate())):
-        s_us, u_us, p_us = timing(batch, k, args.rounds)
-        print(f"{label:<44}{s_us:>10.0f}{u_us:>11.0f}{p_us:>9.1f}")
+        cells = [f"{med:.0f} ({low:.0f})" for med, low in timing(batch, k, args.rounds)]
+        print(f"{label:<24}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (14, 16, 16, 12),
+                                                                   strict=True)))
 
 
 if __name__ == "__main__":

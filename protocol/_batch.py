@@ -32,9 +32,10 @@ The sealed bytes (the exact MQTT payload; all integers big-endian; docs/batch-fo
 
 The header is not compressed, so :func:`peek` reads it without inflating anything; the
 signature covers header and body. The body encoding (columns, decimal/float32/float64 values,
-deltas, zlib 9) is chosen by measurement: about 6 bytes a reading at 200 readings a batch,
-signature included, against 140 for one JSON message per reading and 53 for a
-Sparkplug-B-like protobuf (bench/bench_encoding.py, docs/batch-format.md).
+deltas, zlib; ``protocol._batch_codec`` says why) is chosen by measurement: 6.0 bytes a reading
+at 200 readings a batch, signature included, against 165 for one JSON message per reading, 40
+for a Sparkplug-B-like protobuf (7.9 with its DEFLATE body, unsigned) and 11.4 for JSON rows +
+zlib (bench/bench_encoding.py; the table is in docs/batch-format.md).
 
 Errors (all one line, never another exception type for bad input)::
 
@@ -88,7 +89,9 @@ log = logging.getLogger(__name__)
 
 BATCH_KINDS = ("data", "resend", "gap")
 ZERO_HASH = bytes(32)
-MAX_SEALED_BYTES = 1024 * 1024        # one MQTT payload; EMQX's default max_packet_size is 1 MB
+# EMQX's default mqtt.max_packet_size is 1MB (docs.emqx.com, "MQTT Configuration"): a payload
+# of at most 1,000,000 bytes leaves room for the topic and the PUBLISH header inside it.
+MAX_SEALED_BYTES = 1_000_000
 MAGIC = b"KEMB"
 VERSION = 1
 ALG_ECDSA_P256 = 1
