@@ -8,8 +8,9 @@ functions, no I/O.
 A batch carries a gateway-wide ``seq`` (1, 2, …), ``prev`` = SHA-256 of the previous sealed
 batch (:data:`ZERO_HASH` for seq 1), a ``kind`` (``data``; ``resend``: rebuilt from history at
 a platform's request, ``info`` says which request; ``gap``: readings that were lost, ``info``
-says which and why), its creation time, the readings and the optional flat ``info`` mapping
-(at most 32 names of ``[A-Za-z_][A-Za-z0-9_]*`` to text, numbers, true/false or null).
+says which and why), its creation time, the readings and the optional ``info`` mapping
+(JSON-like: text, numbers, true/false, null, lists and maps, at most 3 containers deep below
+it, 32 items a container, 8 KiB in all; lists come back as lists).
 
 The sealed bytes (the exact MQTT payload; all integers big-endian; docs/batch-format.md)::
 

@@ -27,7 +27,7 @@ smaller on this data).
 
 Body (msgpack array, in this order)::
 
-    info        map of str -> str|int|float|bool|nil, or nil
+    info        map (JSON-like, at most 3 containers deep below it), or nil
     points      [str]   the distinct point codes, in order of first use
     qualities   [str]   the distinct quality words, in order of first use
     base        int     the first reading's ts (ms since the epoch)
@@ -61,6 +61,8 @@ from ._identifiers import validate_point_code
 from ._reading import Period, Quality, Reading
 
 __all__ = [
+    "INFO_MAX_BYTES",
+    "INFO_MAX_DEPTH",
     "INFO_MAX_ITEMS",
     "MAX_BODY_BYTES",
     "MAX_READINGS",
@@ -79,15 +81,16 @@ MAX_BODY_BYTES = 16 * 1024 * 1024     # decompressed body: a zip bomb stops here
 ZLIB_LEVEL = 6                        # bench/bench_encoding.py: level 9 gains nothing here
 TS_MIN = 0                            # 1970-01-01
 TS_MAX = 253_402_300_799_999          # 9999-12-31T23:59:59.999Z: RFC 3339 years have 4 digits
-INFO_MAX_ITEMS = 32
+INFO_MAX_ITEMS = 32                   # per map or list
 INFO_MAX_KEY = 64
 INFO_MAX_TEXT = 1024
+INFO_MAX_DEPTH = 3                    # containers below the top-level map
+INFO_MAX_BYTES = 8192                 # the whole info, as msgpack
 
 _PERIODS: tuple[Period, ...] = tuple(Period)           # index on the wire = position here
 _PERIOD_IX = {p: i for i, p in enumerate(_PERIODS)}
 _QUALITIES = {q.value: q for q in Quality}
 _QUALITY_WORD = re.compile(r"[a-z][a-z0-9_]{0,31}")     # Quality says: more words may be added
-_INFO_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 _DECIMAL, _F32, _F64 = 0, 1, 2
 _DECIMAL_DIGITS = 9                  # beyond this a mantissa costs as much as a float's bytes
@@ -98,11 +101,15 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _F64_STRUCT = struct.Struct(">d")
 
-InfoValue = str | int | float | bool | None
+# info's schema bounds its nesting, so a hostile body cannot nest deeper than this
+_Scalar = str | int | float | bool | None
+_Info1 = _Scalar | list[_Scalar] | dict[str, _Scalar]
+_Info2 = _Scalar | list[_Info1] | dict[str, _Info1]
+_Info3 = _Scalar | list[_Info2] | dict[str, _Info2]
 
 
 class _Body(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    info: dict[str, InfoValue] | None
+    info: dict[str, _Info3] | None
     points: list[str]
     qualities: list[str]
     base: int
@@ -130,32 +137,51 @@ def check_ts(name: str, ts: object) -> int:
     return ts
 
 
-def check_info(info: Mapping[str, Any] | None) -> dict[str, InfoValue] | None:
-    """A batch's ``info``: a flat mapping of at most 32 names to short scalars, or ``None``."""
+def check_info(info: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A batch's ``info`` as plain dicts and lists, or ``None``; ``ValueError`` when it is not
+    JSON-like (text, numbers, true/false, null, lists, string-keyed maps), nests containers
+    more than 3 deep below the top, has more than 32 items in a container, a key longer than 64
+    or a text longer than 1,024 characters, a number that is not finite or not 64-bit, or
+    encodes to more than 8 KiB."""
     if info is None:
         return None
     if not isinstance(info, Mapping):
         raise ValueError(f"info must be a mapping, not {type(info).__name__}")
-    if len(info) > INFO_MAX_ITEMS:
-        raise ValueError(f"info has {len(info)} items, at most {INFO_MAX_ITEMS}")
-    out: dict[str, InfoValue] = {}
-    for key, value in info.items():
-        if not isinstance(key, str) or not _INFO_KEY.fullmatch(key):
-            raise ValueError(f"info key {key!r} is not a name of 1-{INFO_MAX_KEY} "
-                             "of A-Z a-z 0-9 _")
-        if isinstance(value, str):
-            if len(value) > INFO_MAX_TEXT:
-                raise ValueError(f"info[{key!r}] is longer than {INFO_MAX_TEXT} characters")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValueError(f"info[{key!r}] is not finite")
-        elif isinstance(value, int):   # bool is an int
-            if not -(2**63) <= value < 2**64:
-                raise ValueError(f"info[{key!r}] does not fit in 64 bits")
-        elif value is not None:
-            raise ValueError(f"info[{key!r}] is a {type(value).__name__}: only text, "
-                             "numbers, true/false and null")
-        out[key] = value
+    out = _info_value("info", info, 0)
+    if len(_ENCODER.encode(out)) > INFO_MAX_BYTES:
+        raise ValueError(f"info is larger than {INFO_MAX_BYTES} bytes")
+    return out  # type: ignore[no-any-return]
+
+
+def _info_value(path: str, value: object, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > INFO_MAX_TEXT:
+            raise ValueError(f"{path} is longer than {INFO_MAX_TEXT} characters")
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ValueError(f"{path} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path} is not finite")
+        return value
+    if not isinstance(value, Mapping | list | tuple):
+        raise ValueError(f"{path} is a {type(value).__name__}: only text, numbers, "
+                         "true/false, null, lists and maps")
+    if depth > INFO_MAX_DEPTH:
+        raise ValueError(f"{path} nests containers more than {INFO_MAX_DEPTH} deep")
+    if len(value) > INFO_MAX_ITEMS:
+        raise ValueError(f"{path} has {len(value)} items, at most {INFO_MAX_ITEMS}")
+    if isinstance(value, list | tuple):
+        return [_info_value(f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value)]
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= INFO_MAX_KEY:
+            raise ValueError(f"{path} key {key!r} is not text of 1-{INFO_MAX_KEY} characters")
+        out[key] = _info_value(f"{path}[{key!r}]", item, depth + 1)
     return out
 
 
@@ -352,7 +378,7 @@ def _lengths(body: _Body, count: int) -> None:
         raise ValueError("more table entries than readings")
 
 
-def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str, InfoValue] | None]:
+def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str, Any] | None]:
     """The readings and info in a compressed body that the header says holds ``count``
     readings; ``ValueError`` with a one-line reason when anything is wrong."""
     if not 0 <= count <= MAX_READINGS:

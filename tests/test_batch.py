@@ -175,12 +175,21 @@ def test_known_quality_words_come_back_as_quality_and_new_words_as_text() -> Non
 
 
 def test_info_round_trips_with_its_types() -> None:
-    gap = {"first_ts": T0, "last_ts": T0 + 86_400_000, "lost": 12_345, "reason": "disk budget",
-           "ratio": 0.25, "complete": False, "note": None}
+    gap = {"reason": "disk budget exhausted before delivery", "lost_seq": [812, 990],
+           "readings": 12_345, "since": "2026-11-27T08:00:00+08:00", "until": None,
+           "ratio": 0.25, "complete": False, "huge": 2**64 - 1, "tiny": -(2**63)}
     back = unseal(seal(make([], kind="gap", info=gap), ED_KEY), ED_KEY.public_key())
     assert back.info == gap
     assert back.kind == "gap" and back.readings == ()
     assert back.info is not None and back.info["complete"] is False
+
+
+def test_info_nests_three_containers_deep_and_tuples_come_back_as_lists() -> None:
+    resend = {"request": {"since": "2026-11-27T08:00:00+08:00", "range": (1, 2),
+                          "deep": {"list": [1, "two"]}}, "destination": "province"}
+    back = unseal(seal(make(series(3), kind="resend", info=resend), EC_KEY), None)
+    assert back.info == {"request": {"since": "2026-11-27T08:00:00+08:00", "range": [1, 2],
+                                     "deep": {"list": [1, "two"]}}, "destination": "province"}
 
 
 def test_the_benchmark_batch_seals_within_12_bytes_a_reading() -> None:
@@ -332,11 +341,19 @@ R = Reading("P", Period.INSTANT, T0, 1.0)
     ({"readings": (Reading("P", Period.INSTANT, T0, 10**400),)}, "too large"),
     ({"readings": ("not a reading",)}, "not a Reading"),
     ({"readings": (R,) * 10_001}, "at most 10000"),
-    ({"info": {"nested": {"a": 1}}}, "info"),
-    ({"info": {"bad key": 1}}, "info key"),
+    ({"info": {"a": {"b": [{"c": [1]}]}}}, "more than 3 deep"),
+    ({"info": {"": 1}}, "key"),
+    ({"info": {"k" * 65: 1}}, "key"),
+    ({"info": {1: 1}}, "key"),
     ({"info": {f"k{i}": i for i in range(33)}}, "at most 32"),
+    ({"info": {"list": list(range(33))}}, "at most 32"),
     ({"info": {"x": math.nan}}, "finite"),
+    ({"info": {"x": [1.0, math.inf]}}, "finite"),
+    ({"info": {"x": 2**64}}, "64 bits"),
     ({"info": {"x": "y" * 1025}}, "longer"),
+    ({"info": {f"k{i}": "y" * 1000 for i in range(9)}}, "larger than 8192"),
+    ({"info": {"x": b"bytes"}}, "only text"),
+    ({"info": {"x": {1, 2}}}, "only text"),
     ({"info": ["not", "a", "mapping"]}, "mapping"),
 ])
 def test_seal_refuses_what_cannot_be_sealed(change: dict[str, Any], reason: str) -> None:
@@ -458,10 +475,14 @@ def zip_bomb() -> bytes:
     (packed([None, "P1", *body()[2:]]), 1, "schema"),
     (packed(body(base="T0")), 1, "schema"),
     (packed(body(mants=(1.5,))), 1, "schema"),
-    (packed(body(info={"a": {"b": 1}})), 1, "schema"),
-    (packed(body(info={"a": [1]})), 1, "schema"),
-    (packed(body(info={"bad key": 1})), 1, "info key"),
+    (packed(body(info={"a": {"b": [{"c": [1]}]}})), 1, "schema"),         # 4 deep
+    (packed(body(info={"a": b"bytes"})), 1, "schema"),
+    (packed(body(info={"": 1})), 1, "key"),
+    (packed(body(info={"a": list(range(33))})), 1, "at most 32"),
     (packed(body(info={"x": math.inf})), 1, "finite"),
+    (packed(body(info={"x": [[[math.nan]]]})), 1, "finite"),
+    (packed(body(info={f"k{i}": "y" * 1000 for i in range(9)})), 1, "larger than 8192"),
+    (zlib.compress(b"\x9d" + b"\x81\xa1a" * 100_000 + b"\xc0"), 1, "schema"),  # nested maps
     (packed(body()), 2, "header says 2"),
     (packed(body()), 10_001, "at most 10000"),
     (packed(body()) + b"x", 1, "after its zlib stream"),
