@@ -77,6 +77,9 @@ def _gateway_section(t: Table, base: Path) -> GatewaySection:
         raise t.error("unit", str(exc)) from None
     data_dir = Path(t.req("data_dir", str, hint='e.g. data_dir = "/var/lib/kemon"'))
     key_file, cert_file = t.get("key_file", str), t.get("cert_file", str)
+    for name, value in (("key_file", key_file), ("cert_file", cert_file)):
+        if value is not None and not (base / value).is_file():
+            raise t.error(name, f"no such file: {(base / value).resolve()}")
     section = GatewaySection(
         id=gid, unit=unit, data_dir=(base / data_dir).resolve(),
         require_time_sync=bool(t.get("require_time_sync", bool, True)),
@@ -320,10 +323,11 @@ def _destinations(top: Table, base: Path) -> list[DestinationConfig]:
         t.check("max_inflight", inflight, lambda n: 1 <= n <= 65535, "must be 1..65535")
         t.check("keepalive", keepalive, lambda k: 5 <= k <= 3600, "must be 5..3600 seconds")
         files = {key: path_of(key) for key in ("ca_file", "cert_file", "key_file")}
-        if parts.scheme == "mqtts":
-            for key, value in files.items():
-                if value is None:
-                    raise t.error(key, "is missing; mqtts:// needs ca_file, cert_file and key_file")
+        for key, value in files.items():
+            if value is None and parts.scheme == "mqtts":
+                raise t.error(key, "is missing; mqtts:// needs ca_file, cert_file and key_file")
+            if value is not None and not value.is_file():
+                raise t.error(key, f"no such file: {value}")
         out.append(DestinationConfig(name=name, url=url, ca_file=files["ca_file"],
                                      cert_file=files["cert_file"], key_file=files["key_file"],
                                      insecure=insecure, rate_limit=rate, max_inflight=inflight,

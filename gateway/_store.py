@@ -336,6 +336,18 @@ class Store:
         return new[value]
 
     # -- writing -----------------------------------------------------------------------------
+    def write(self, action: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work(conn)`` in one IMMEDIATE transaction (for the outbox and other tables
+        kept beside the readings); SQLite errors become StoreError naming ``action``."""
+        return self._write(action, work)
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only query; SQLite errors become StoreError."""
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(self.path, "reading", exc) from exc
+
     def _write(self, action: str, work: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = self._db()
         try:
@@ -553,11 +565,10 @@ class Store:
             if n < _CHUNK:
                 break
 
-        allowed = max(self.disk_budget_bytes - _WAL_LIMIT, self.disk_budget_bytes // 2)
+        allowed, target = self._budget_marks()
         by_budget = 0
         over = False
         if self.used_bytes() > allowed:
-            target = int(allowed * _LOW_WATER)
             while (used := self.used_bytes()) > target:
                 lo = self._db().execute("SELECT min(id) FROM reading").fetchone()[0]
                 if lo is None or lo >= guard:
@@ -577,6 +588,17 @@ class Store:
             log.info("store %s: pruned %d old and %d over-budget readings (%d -> %d bytes)",
                      self.path, by_age, by_budget, before, after)
         return PruneResult(by_age, by_budget, before, after, over)
+
+    def _budget_marks(self) -> tuple[int, int]:
+        """(bytes in use that trigger eviction, bytes eviction goes down to)."""
+        allowed = max(self.disk_budget_bytes - _WAL_LIMIT, self.disk_budget_bytes // 2)
+        return allowed, int(allowed * _LOW_WATER)
+
+    def budget_excess(self) -> int:
+        """Bytes to free to get back under the budget's low-water mark; 0 when within it."""
+        allowed, target = self._budget_marks()
+        used = self.used_bytes()
+        return used - target if used > allowed else 0
 
     def _thin(self, now_ms: int, guard: int) -> int:
         """Drop instant readings older than ``full_resolution_days`` that are off the
@@ -609,6 +631,10 @@ class Store:
             return conn.execute("DELETE FROM reading WHERE id < ?", (reading_id,)).rowcount
 
         return int(self._write("pruning by size", work))
+
+    def release_free_pages(self) -> None:
+        """Give freed pages back to the file system (incremental vacuum, WAL checkpoint)."""
+        self._release_free_pages()
 
     def _release_free_pages(self) -> None:
         conn = self._db()

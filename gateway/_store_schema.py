@@ -88,3 +88,28 @@ def _readings(db: Any) -> None:
             db.execute(f"CREATE INDEX reading_{name} ON reading (point_id, ts) "
                        f"WHERE period = {code}")
     db.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+
+
+@MIGRATIONS(name="0002_outbox")
+def _outbox(db: Any) -> None:
+    """Sealed batches (the outbox every destination reads with its own cursor in ``kv``,
+    ``cursor.<destination>``) and the platform's notices (推送信息) for the local page."""
+    db.execute(
+        "CREATE TABLE batch ("
+        " seq INTEGER PRIMARY KEY,"          # gateway-wide, 1, 2, …: the hash chain's order
+        " kind TEXT NOT NULL,"               # data | resend | gap
+        " first_id INTEGER,"                 # reading ids the batch holds (data batches)
+        " last_id INTEGER,"
+        " count INTEGER NOT NULL,"           # readings in the batch
+        " created INTEGER NOT NULL,"         # ms
+        " hash BLOB NOT NULL,"               # SHA-256 of payload: the next batch's prev
+        " payload BLOB NOT NULL)"            # the sealed bytes, exactly as published
+    )
+    db.execute("CREATE INDEX batch_last_id ON batch (last_id)")
+    db.execute(
+        "CREATE TABLE notice ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " received INTEGER NOT NULL,"        # ms
+        " destination TEXT NOT NULL,"        # which platform sent it
+        " body TEXT NOT NULL)"               # the notice as JSON
+    )

@@ -167,8 +167,16 @@ def test_destination_paths_are_relative_to_the_file(write_config) -> None:
     dest = ('\n[[destination]]\nname = "province"\nurl = "mqtts://broker.example:8883"\n'
             'ca_file = "ca.pem"\ncert_file = "gw.pem"\nkey_file = "gw.key"\n')
     path = write_config(BASE + dest)
-    (d,) = load_config(path).destinations
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "destination[0].ca_file" and "no such file" in info.value.message
+    for name in ("ca.pem", "gw.pem", "gw.key"):
+        (path.parent / name).write_text("x")
+    cfg = load_config(path)
+    (d,) = cfg.destinations
     assert d.ca_file == path.parent.resolve() / "ca.pem"
+    assert (d.host, d.port, d.tls) == ("broker.example", 8883, True)
+    assert cfg.gateway.key_file == path.parent.resolve() / "gw.key"   # signs with this key
 
 
 def test_energy_factor_override_is_validated(write_config) -> None:

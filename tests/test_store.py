@@ -114,7 +114,8 @@ def test_migrations_recorded_once(tmp_path: Path) -> None:
         Store(path).close()
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-        assert rows == [("kemon.gateway.store", "0001_readings")]
+        assert rows == [("kemon.gateway.store", "0001_readings"),
+                        ("kemon.gateway.store", "0002_outbox")]
         assert MIGRATIONS.name == "kemon.gateway.store"
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
