@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ._batch_codec import check_ts, decode_body, encode_body
+from ._batch_codec import MAX_READINGS, check_ts, decode_body, encode_body
 from ._credit import CreditCodeError, validate_credit_code
 from ._identifiers import validate_gateway_id
 from ._reading import Reading
@@ -280,6 +280,8 @@ def _parse(sealed: bytes) -> tuple[BatchHeader, int, int]:
         if not 1 <= seq <= _SEQ_MAX:
             raise ValueError(f"seq {seq} is not from 1 to {_SEQ_MAX}")
         check_ts("created", created)
+        if count > MAX_READINGS:
+            raise ValueError(f"{count} readings, at most {MAX_READINGS} a batch")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BatchFormatError(f"bad header: {exc}") from None
     header = BatchHeader(unit=unit, gateway=gateway, seq=seq, prev=prev,
