@@ -56,6 +56,7 @@ pytest: venv system-deps
 bench: venv system-deps
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_polling.py
+	$(PY) bench/bench_encoding.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data

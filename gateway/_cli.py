@@ -198,6 +198,47 @@ def readings_command(config_path: str, point: str | None, period: str | None,
             out.write(json.dumps(r.to_json_dict(), ensure_ascii=False) + "\n")
 
 
+@gateway_group.command("backlog")
+@_config_option
+def backlog_command(config_path: str) -> None:
+    """Print one JSON object: for each destination, ``pending`` (sealed batches it has not
+    acknowledged), ``acked_seq``, ``connected`` (as of the gateway's last cycle), and more.
+    Works while the gateway runs.
+
+    \b
+    Example:
+      kemon gateway backlog -c gateway.toml
+      {"province": {"pending": 0, "acked_seq": 1234, "connected": true, ...}, ...}
+    """
+    import time
+
+    cfg = _load(config_path)
+    out: dict[str, Any] = {}
+    path = cfg.gateway.data_dir / "store.db"
+    state: dict[str, Any] = {}
+    if path.exists():
+        with _open_store(cfg) as store:
+            state = {key: store.load_state(key)  # type: ignore[attr-defined]
+                     for key in ("outbox.last", "uplinks")}
+            cursors = {d.name: store.load_state(f"cursor.{d.name}")  # type: ignore[attr-defined]
+                       for d in cfg.destinations}
+    else:
+        cursors = {}
+    last_seq = int((state.get("outbox.last") or {}).get("seq", 0))
+    uplinks = state.get("uplinks") or {}
+    fresh_ms = max(120, 3 * min((m.interval for m in cfg.meters), default=60)) * 1000
+    now = int(time.time() * 1000)
+    for dest in cfg.destinations:
+        acked = int(cursors.get(dest.name) or 0)
+        seen = uplinks.get(dest.name) or {}
+        live = now - int(seen.get("updated", 0)) <= fresh_ms
+        out[dest.name] = {"pending": max(last_seq - acked, 0), "acked_seq": acked,
+                          "connected": bool(live and seen.get("connected")),
+                          "last_seq": last_seq, "last_error": seen.get("last_error"),
+                          "url": dest.url}
+    click.echo(json.dumps(out, ensure_ascii=False))
+
+
 @gateway_group.command("meters")
 @_config_option
 def meters_command(config_path: str) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from protocol import parse_time, to_rfc3339
+from protocol import BatchError, parse_time, to_rfc3339
 
 from ._outbox import Outbox
 from ._store import Store, StoreError
@@ -69,7 +69,7 @@ class Downlink:
                 self._time(destination, body)
             else:
                 raise DownlinkError(f"unknown kind {kind!r}")
-        except DownlinkError as exc:
+        except (DownlinkError, BatchError) as exc:
             log.warning("%s: down/%s dropped: %s", destination, kind, exc)
         except StoreError as exc:
             log.error("%s: down/%s not handled: %s", destination, kind, exc)
@@ -98,7 +98,8 @@ class Downlink:
             if missing:
                 self.outbox.seal_special("gap", [], {
                     "reason": "requested batches are no longer held", "destination": destination,
-                    "lost_seq": [missing[0], missing[-1]], "request": body})
+                    "lost_seq": [missing[0], missing[-1]],
+                    "request": {"from_seq": first, "to_seq": last}})
                 self.on_sealed()
             return
         since, until = _time(body, "since"), _time(body, "until")

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import Period, Quality, Reading
 
@@ -32,6 +32,9 @@ from ._schedule import GRID_TOLERANCE_S, due_meters, next_tick_of
 from ._store import Store, StoreError
 from .drivers import open_driver
 from .drivers._base import Driver
+
+if TYPE_CHECKING:
+    from ._delivery import Delivery
 
 __all__ = ["Gateway", "polls_to_readings"]
 
@@ -84,6 +87,7 @@ class Gateway:
         self.pollers: dict[str, BusPoller] = {}
         self.cycles = 0
         self.store_error: StoreError | None = None
+        self.delivery: Delivery | None = None
 
     @property
     def store_path(self) -> Any:
@@ -106,7 +110,12 @@ class Gateway:
                 self._store_failed(exc, [])
             tracker = ConsumptionTracker.for_meters(cfg.meters, store.load_state("consumption"))
             queue: asyncio.Queue[_Cycle] = asyncio.Queue(maxsize=64)
+            if cfg.destinations:
+                from ._delivery import Delivery
+
+                self.delivery = Delivery(cfg, store)
             async with asyncio.TaskGroup() as tg:
+                uplink_tasks = self.delivery.start(tg) if self.delivery else []
                 bus_tasks = []
                 for bus in cfg.buses:
                     meters = [m for m in cfg.meters if m.bus == bus.name]
@@ -127,6 +136,8 @@ class Gateway:
                 await asyncio.gather(*bus_tasks, return_exceptions=True)
                 await queue.join()
                 writer.cancel()
+                for task in uplink_tasks:      # each says goodbye (offline) and saves its cursor
+                    task.cancel()
         finally:
             for poller in self.pollers.values():
                 with contextlib.suppress(Exception):
@@ -179,9 +190,11 @@ class Gateway:
                     pending.extend(polls_to_readings(polls, tracker, synchronised))
                 stats = {name: {m: s.as_json() for m, s in p.stats.items()}
                          for name, p in self.pollers.items()}
+                state: dict[str, Any] = {"consumption": tracker.state(), "meters": stats}
+                if self.delivery:
+                    state["uplinks"] = self.delivery.status()
                 try:
-                    store.append_cycle(pending, {"consumption": tracker.state(),
-                                                 "meters": stats})
+                    store.append_cycle(pending, state)
                 except StoreError as exc:
                     self._store_failed(exc, pending)
                 else:
@@ -191,11 +204,16 @@ class Gateway:
                         self.store_error = None
                     pending = []
                     self.cycles += 1
+                    if self.delivery:
+                        self.delivery.seal()
                     log.debug("cycle %d stored", self.cycles)
                 if time.monotonic() - last_prune > _PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     try:
-                        store.prune()
+                        if self.delivery:
+                            self.delivery.prune()
+                        else:
+                            store.prune()
                     except StoreError as exc:
                         log.error("pruning the store failed: %s", exc)
             finally:

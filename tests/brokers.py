@@ -466,17 +466,19 @@ class MqttClient:
 
     @classmethod
     def connect(cls, broker: Broker, files: ClientFiles | None, client_id: str | None = None,
-                *, host: str | None = None, ca_path: Path | None = None,
+                *, host: str | None = None, port: int | None = None,
+                ca_path: Path | None = None,
                 clean_start: bool = True, session_expiry: int = 0, keepalive: int = 30,
                 timeout: float = 5) -> MqttClient:
         """Connect with ``files``' certificate (None: none), wait for CONNACK, or raise
-        ``ConnectRefused``/``ssl.SSLError`` (server verification happens in ``connect``)."""
+        ``ConnectRefused``/``ssl.SSLError`` (server verification happens in ``connect``).
+        ``host``/``port`` override the broker's address (e.g. to go through a proxy)."""
         client = cls(client_id or f"test-{os.getpid()}-{time.monotonic_ns()}")
         client.paho.tls_set_context(tls_context(ca_path or broker.pki.ca_path, files))
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = session_expiry
         try:
-            client.paho.connect(host or broker.host, broker.port, keepalive=keepalive,
+            client.paho.connect(host or broker.host, port or broker.port, keepalive=keepalive,
                                 clean_start=clean_start, properties=props)
         except OSError as exc:
             _close_sockets_left_in(exc)
