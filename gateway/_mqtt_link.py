@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ._mqtt_tls import describe_tls_error
+from ._mqtt_tls import ClientTlsContext, describe_tls_error
 
 __all__ = ["ConnectInfo", "LinkError", "MqttLink"]
 
@@ -87,7 +87,7 @@ class MqttLink:
     """One MQTT 5 connection attempt and, once connected, the session on it."""
 
     def __init__(self, *, name: str, host: str, port: int, client_id: str, keepalive: int,
-                 tls: ssl.SSLContext | None, will: tuple[str, bytes] | None,
+                 tls: ClientTlsContext | None, will: tuple[str, bytes] | None,
                  session_expiry: int, receive_maximum: int,
                  on_puback: Callable[[int, ReasonCode], None],
                  on_message: Callable[[mqtt.MQTTMessage], None]) -> None:
@@ -99,6 +99,7 @@ class MqttLink:
         self._receive_maximum = receive_maximum
         self._on_puback = on_puback
         self._on_message = on_message
+        self._tls = tls
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._connack: asyncio.Future[ConnectInfo] = self._loop.create_future()
@@ -161,8 +162,10 @@ class MqttLink:
             pending.add_done_callback(lambda _f: self.abort("cancelled"))
             raise
         except (ssl.SSLError, ssl.CertificateError) as exc:
+            self.abort("TLS handshake failed")
             raise LinkError(describe_tls_error(exc)) from None
         except OSError as exc:
+            self.abort("cannot connect")
             detail = exc.strerror or str(exc) or type(exc).__name__
             raise LinkError(f"cannot connect to {self._host}:{self._port}: {detail}") from None
         try:
@@ -181,6 +184,8 @@ class MqttLink:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False,
                 properties: Properties | None = None) -> int:
         """Queue a QoS 1 PUBLISH; returns its packet id (``on_puback`` gets the same)."""
+        if self._closed.done():
+            raise LinkError(self._closed.result(), connected=True)
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LinkError(f"publish failed: {mqtt.error_string(info.rc)}", connected=True)
@@ -207,7 +212,7 @@ class MqttLink:
     async def watch(self) -> NoReturn:
         """Keep the connection alive (paho's keepalive, the silence watchdog) until it ends;
         then raise ``LinkError`` with the reason."""
-        tick = min(1.0, self._keepalive / 10)
+        tick = min(0.5, self._keepalive / 20)
         limit = SILENCE_FACTOR * self._keepalive
         while True:
             await asyncio.wait({self._closed}, timeout=tick)
@@ -237,6 +242,8 @@ class MqttLink:
             self._forget(sock)
             with contextlib.suppress(OSError):
                 sock.close()
+        if self._tls is not None:
+            self._tls.close_sockets()    # also one a failed connect left open
         if not self._closed.done():
             self._closed.set_result(reason)
 

@@ -339,8 +339,9 @@ class Uplink:
             out.done.set_result(reason)
         if reason.is_failure:
             what = f"batch seq {out.seq}" if out.seq else "the status message"
-            self._refusal = (f"the broker refused {what}: {reason} (0x{reason.value:02x}); "
-                             "not delivered")
+            if self._refusal is None:      # the first one says it; the rest follow from it
+                self._refusal = (f"the broker refused {what}: {reason} "
+                                 f"(0x{reason.value:02x}); not delivered")
             if out.extra:
                 self._extras.appendleft((out.seq, out.payload))
             return

@@ -12,6 +12,8 @@ from collections import OrderedDict
 
 __all__ = ["AckWindow", "TokenBucket"]
 
+_EPSILON = 1e-9     # a token short by less than this is a whole one (float rounding)
+
 
 class AckWindow:
     """Batches published and not yet acknowledged, over a cursor ``acked``."""
@@ -66,7 +68,8 @@ class TokenBucket:
     def delay(self, now: float) -> float:
         """Seconds to wait before the next event may happen (0: now)."""
         self._refill(now)
-        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+        missing = 1 - self._tokens
+        return 0.0 if missing <= _EPSILON else missing / self.rate
 
     def take(self, now: float) -> None:
         """Spend one token (call after ``delay`` returned 0)."""
