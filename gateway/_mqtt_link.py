@@ -212,7 +212,7 @@ class MqttLink:
     async def watch(self) -> NoReturn:
         """Keep the connection alive (paho's keepalive, the silence watchdog) until it ends;
         then raise ``LinkError`` with the reason."""
-        tick = min(0.5, self._keepalive / 20)
+        tick = min(0.5, self._keepalive / 20) if self._keepalive > 0 else 0.5
         limit = SILENCE_FACTOR * self._keepalive
         while True:
             await asyncio.wait({self._closed}, timeout=tick)

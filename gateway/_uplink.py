@@ -213,7 +213,8 @@ class Uplink:
             info = await link.connect(self._connect_timeout)
             self.last_connected = time.time()
             started = time.monotonic()
-            cap = max(1, min(dest.max_inflight, info.receive_maximum))
+            # One of the broker's Receive Maximum slots stays free for the status messages.
+            cap = max(1, min(dest.max_inflight, info.receive_maximum - 1))
             log.info("%s: connected to %s (session present: %s, in flight ≤ %d, cursor %d)",
                      self.name, dest.url, info.session_present, cap, window.acked)
             self._publish_status(link, {**self._birth, "status": "online", "ts": now_ms})

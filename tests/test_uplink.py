@@ -2,7 +2,7 @@
 
 Batches are fake payloads ``batch-<seq>`` in an in-memory outbox; a collector-identity paho
 client subscribes and records what arrives. A small TCP proxy stands between the uplink and the
-broker where the network has to fail (silent partition, abrupt cut).
+broker where the network has to fail (``tests/netproxy.py``: silent partition, abrupt cut).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import json
 import logging
 import queue
 import re
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from gateway._uplink import Uplink
 from gateway._uplink_flow import AckWindow, TokenBucket
 from tests.brokers import Broker, ClientFiles, Message, MqttClient, Pki, make_pki
 from tests.conftest import UNIT
+from tests.netproxy import TcpProxy
 
 GW = "GW0001"
 DATA = f"kemon/v1/{UNIT}/{GW}/up/data"
@@ -70,89 +69,6 @@ def test_token_bucket_paces_after_its_burst() -> None:
     assert times[:2] == [0.0, 0.0]                  # the burst
     assert times[-1] == pytest.approx(1.0)          # then 10 per second
     assert TokenBucket.burst_for(50) == 5 and TokenBucket.burst_for(2) == 1
-
-
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 that can go silent (``blackhole``: connections stay open,
-    nothing is forwarded either way, as on a dead mobile link) or ``cut`` every connection."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port: int = self._listener.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> TcpProxy:
-        self._spawn(self._accept)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._open.set()
-        self.cut()
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(5)
-
-    def blackhole(self) -> None:
-        self._open.clear()
-
-    def restore(self) -> None:
-        self._open.set()
-
-    def cut(self) -> None:
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                while not self._open.wait(0.1):      # silent: hold everything
-                    if self._stop.is_set():
-                        return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -388,7 +304,7 @@ def test_rate_limit_is_respected(broker: Broker, gw_files: ClientFiles,
 
 @pytest.fixture
 def proxy(broker: Broker) -> Iterator[TcpProxy]:
-    with TcpProxy(broker.host, broker.port) as p:
+    with TcpProxy(broker.port, broker.host) as p:
         yield p
 
 
@@ -397,7 +313,7 @@ def test_silent_partition_is_detected_within_one_and_a_half_keepalives(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     keepalive = 3        # paho alone notices after about 2 x keepalive: 6 s here
-    outbox = MemoryOutbox(400)
+    outbox = MemoryOutbox(200)
     dest = destination(f"mqtts://localhost:{proxy.port}", gw_files, keepalive=keepalive,
                        rate_limit=100.0)
     uplink = make_uplink(dest, outbox)
@@ -409,15 +325,15 @@ def test_silent_partition_is_detected_within_one_and_a_half_keepalives(
             silenced = time.monotonic()
             await until(lambda: not uplink.connected, 3 * keepalive, "the partition noticed")
             noticed = time.monotonic() - silenced
-            proxy.restore()
-            await until(lambda: uplink.acked_seq == 400, 20, "all delivered after")
+            proxy.resume()
+            await until(lambda: uplink.acked_seq == 200, 20, "all delivered after")
             return noticed
 
     noticed = asyncio.run(scenario())
     assert noticed <= 1.5 * keepalive + 0.4
     assert lines(caplog, "province: nothing received from the broker for")
     data = {seq_of(m) for m in drain(collector, DATA)}
-    assert data == set(range(1, 401))
+    assert data == set(range(1, 201))
 
 
 def test_abrupt_cut_publishes_the_will_and_the_uplink_comes_back(
@@ -433,7 +349,7 @@ def test_abrupt_cut_publishes_the_will_and_the_uplink_comes_back(
             await until(lambda: uplink.acked_seq == 5, 5, "delivered")
             states.append(json.loads(watcher.expect(3).payload)["status"])
             connected_at = uplink.last_connected
-            proxy.cut()                                   # both sockets closed, no DISCONNECT
+            proxy.drop_all()                              # both sockets closed, no DISCONNECT
             will = watcher.expect(5)
             states.append(json.loads(will.payload)["status"])
             with MqttClient.connect(broker, pki.collector()) as late:
