@@ -71,6 +71,17 @@ def polls_to_readings(polls: Sequence[MeterPoll], tracker: ConsumptionTracker,
     return out
 
 
+async def _cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again while any survives: Python 3.11's
+    ``asyncio.wait_for`` (inside pymodbus) swallows a cancellation that arrives just as the
+    answer it waits for does (CPython gh-86296, fixed in 3.12)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+
+
 class Gateway:
     """Runs the acquisition side of a gateway until ``stop`` is set."""
 
@@ -131,9 +142,7 @@ class Gateway:
                          len(cfg.meters), len(bus_tasks))
                 await stop.wait()
                 log.info("stopping: finishing the current cycle")
-                for task in bus_tasks:
-                    task.cancel()
-                await asyncio.gather(*bus_tasks, return_exceptions=True)
+                await _cancel_all(bus_tasks)
                 await queue.join()
                 writer.cancel()
                 for task in uplink_tasks:      # each says goodbye (offline) and saves its cursor

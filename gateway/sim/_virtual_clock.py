@@ -1,11 +1,13 @@
 """A virtual wall clock for time-lapses and tests: time moves only when everyone sleeps.
 
 ``wall()`` returns virtual Unix time; ``sleep(d)`` parks the caller until the virtual time
-reaches ``now + d``. A pacer task (``run()``) moves the clock from one wake-up to the next,
-pausing ``pause`` real seconds after each so that the work triggered there (a poll over a real
-socket, a simulator's answer) completes while the virtual time stands still. A poll therefore
-takes no virtual time at all: samples land exactly on their grid ticks, whatever the machine's
-load, and an hour of a site passes in seconds.
+reaches ``now + d``. A pacer task (``run()``) moves the clock to the earliest wake-up, wakes
+those sleepers, and then waits — in real time — until each of them has gone back to sleep
+(finished the work its wake-up started: a poll over a real socket, a simulator's answer)
+before moving again. A poll therefore takes no virtual time at all: samples land exactly on
+their grid ticks whatever the machine's load, and an hour of a site passes in seconds.
+A sleeper that does not come back within ``patience`` real seconds (it ended) is not waited
+for again.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 
 __all__ = ["VirtualClock"]
 
 
 class VirtualClock:
-    def __init__(self, start: float, *, pause: float = 0.02, grid: int = 60) -> None:
+    def __init__(self, start: float, *, patience: float = 10.0) -> None:
         self.now = start
-        self.pause = pause
-        self.grid = grid
+        self.patience = patience
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._sleeps = 0
 
     def __call__(self) -> float:
         return self.now
@@ -31,20 +34,23 @@ class VirtualClock:
     async def sleep(self, seconds: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (self.now + max(seconds, 0.0), next(self._seq), fut))
+        self._sleeps += 1
         await fut
 
     async def run(self) -> None:
-        """Advance the clock forever (cancel to stop). Wake-ups on the ``grid`` (poll ticks)
-        get the full ``pause``; others (a sleeper checking the clock) a short one."""
+        """Advance the clock forever (cancel to stop)."""
         while True:
-            await asyncio.sleep(self.pause / 20)
             if not self._waiters:
+                await asyncio.sleep(0.001)
                 continue
-            when = self._waiters[0][0]
-            self.now = max(self.now, when)
+            self.now = max(self.now, self._waiters[0][0])
+            woken = 0
             while self._waiters and self._waiters[0][0] <= self.now:
                 _, _, fut = heapq.heappop(self._waiters)
                 if not fut.done():
                     fut.set_result(None)
-            if abs(self.now / self.grid - round(self.now / self.grid)) < 1e-9:
-                await asyncio.sleep(self.pause)
+                    woken += 1
+            target = self._sleeps + woken
+            deadline = time.monotonic() + self.patience
+            while self._sleeps < target and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
