@@ -13,6 +13,7 @@ for again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -27,6 +28,7 @@ class VirtualClock:
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._sleeps = 0
+        self._slept = asyncio.Event()
 
     def __call__(self) -> float:
         return self.now
@@ -35,6 +37,7 @@ class VirtualClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (self.now + max(seconds, 0.0), next(self._seq), fut))
         self._sleeps += 1
+        self._slept.set()
         await fut
 
     async def run(self) -> None:
@@ -52,5 +55,7 @@ class VirtualClock:
                     woken += 1
             target = self._sleeps + woken
             deadline = time.monotonic() + self.patience
-            while self._sleeps < target and time.monotonic() < deadline:
-                await asyncio.sleep(0.001)
+            while self._sleeps < target and (left := deadline - time.monotonic()) > 0:
+                self._slept.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slept.wait(), left)
