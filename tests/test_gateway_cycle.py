@@ -49,7 +49,7 @@ interval = 60
 
 async def _run(tmp_path: Path, start: datetime, until: datetime, synced: bool) -> Path:
     clock = VirtualClock(start.timestamp())
-    pacer = asyncio.create_task(clock.run())
+    pacer = asyncio.create_task(clock.run(until=until.timestamp()))
     bound: list[int] = []
     ready = asyncio.Event()
     data_dir = tmp_path / "data"
@@ -68,7 +68,7 @@ async def _run(tmp_path: Path, start: datetime, until: datetime, synced: bool) -
     gw = Gateway(cfg, clock_check=lambda: synced, wall=clock, sleep=clock.sleep)
     runner = asyncio.create_task(gw.run(stop))
     try:
-        while clock() < until.timestamp():
+        while not pacer.done():
             await asyncio.sleep(0.05)
             if runner.done():
                 runner.result()

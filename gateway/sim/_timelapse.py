@@ -79,7 +79,8 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25,
     now = datetime.now(CST).replace(minute=0, second=0, microsecond=0)
     start = now - timedelta(hours=2, seconds=30)
     clock = VirtualClock(start.timestamp())
-    pacer = asyncio.create_task(clock.run(), name="kemon.demo.clock")
+    end = start.timestamp() + hours * 3600
+    pacer = asyncio.create_task(clock.run(until=end), name="kemon.demo.clock")
     sim = asyncio.create_task(serve_modbus_tcp([SimMeter(m.address, m.points) for m in meters],
                                                port=0, ready=ready, bound=bound, clock=clock),
                               name="kemon.demo.sim")
@@ -91,25 +92,29 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25,
     store_path = data_dir / "store.db"
     units = {p.code: (p.unit, p.energy) for m in cfg.meters for p in m.points}
     seen = 0
-    end = start.timestamp() + hours * 3600
+
+    def show() -> None:
+        nonlocal seen
+        if not store_path.exists():
+            return
+        with Store.open_readonly(store_path) as store:
+            while rows := store.after(seen, 1000):
+                seen = rows[-1][0]
+                for _, r in rows:
+                    if r.period is Period.INSTANT or not r.point.endswith("import_kwh"):
+                        continue
+                    unit, energy = units[r.point]
+                    tce = to_tce(energy, r.value, cfg.energy) if energy else 0.0
+                    echo(f"  {from_ms(r.ts):%Y-%m-%d %H:%M} {r.period!s:<6} {r.point:<20} "
+                         f"{r.value:10.3f} {unit:<4} = {tce:8.5f} tce  {r.quality}")
+
     try:
-        while clock() < end and not runner.done():
+        while not pacer.done() and not runner.done():
             await asyncio.sleep(0.25)
-            if not store_path.exists():
-                continue
-            with Store.open_readonly(store_path) as store:
-                while rows := store.after(seen, 1000):
-                    seen = rows[-1][0]
-                    for _, r in rows:
-                        if r.period is Period.INSTANT or not r.point.endswith("import_kwh"):
-                            continue
-                        unit, energy = units[r.point]
-                        tce = to_tce(energy, r.value, cfg.energy) if energy else 0.0
-                        begin = from_ms(r.ts)
-                        echo(f"  {begin:%Y-%m-%d %H:%M} {r.period!s:<6} {r.point:<20} "
-                             f"{r.value:10.3f} {unit:<4} = {tce:8.5f} tce  {r.quality}")
+            show()
         stop.set()
         await asyncio.wait_for(runner, 15)
+        show()
     finally:
         for task in (sim, runner, pacer):
             task.cancel()

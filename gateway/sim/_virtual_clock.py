@@ -40,12 +40,15 @@ class VirtualClock:
         self._slept.set()
         await fut
 
-    async def run(self) -> None:
-        """Advance the clock forever (cancel to stop)."""
+    async def run(self, until: float | None = None) -> None:
+        """Advance the clock until ``until`` (virtual Unix time; returns when the next wake-up
+        lies beyond it), or forever (cancel to stop)."""
         while True:
             if not self._waiters:
                 await asyncio.sleep(0.001)
                 continue
+            if until is not None and self._waiters[0][0] > until:
+                return
             self.now = max(self.now, self._waiters[0][0])
             woken = 0
             while self._waiters and self._waiters[0][0] <= self.now:
