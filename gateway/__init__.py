@@ -6,6 +6,7 @@ the store's readings in id order to seal them into batches).
 
 from ._config import load_config
 from ._consumption import ConsumptionTracker, CounterSpec
+from ._downlink import Downlink
 from ._errors import ClockError, ConfigError, GatewayError
 from ._model import (
     BusConfig,
@@ -16,10 +17,12 @@ from ._model import (
     PointConfig,
     StoreConfig,
 )
+from ._outbox import Outbox
 from ._poller import BusPoller, MeterStats
 from ._profiles import Profile, builtin_profiles, load_profile
 from ._runner import Gateway
 from ._store import Store, StoreError, StoreFullError, StoreReadOnlyError
+from ._uplink import Uplink
 
 __all__ = [
     "BusConfig",
@@ -29,12 +32,14 @@ __all__ = [
     "ConsumptionTracker",
     "CounterSpec",
     "DestinationConfig",
+    "Downlink",
     "Gateway",
     "GatewayConfig",
     "GatewayError",
     "GatewaySection",
     "MeterConfig",
     "MeterStats",
+    "Outbox",
     "PointConfig",
     "Profile",
     "Store",
@@ -42,6 +47,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreReadOnlyError",
+    "Uplink",
     "builtin_profiles",
     "load_config",
     "load_profile",

@@ -111,6 +111,13 @@ def check_command(config_path: str) -> None:
       kemon gateway check -c /etc/kemon/gateway.toml
     """
     cfg = _load(config_path)
+    if cfg.destinations:
+        from ._delivery import IdentityError, load_identity
+
+        try:
+            load_identity(cfg.gateway.key_file, cfg.gateway.cert_file)
+        except IdentityError as exc:
+            raise BadInput(f"{cfg.source}: gateway identity: {exc}") from None
     points = sum(len(m.points) for m in cfg.meters)
     click.echo(f"ok: gateway {cfg.gateway.id} of unit {cfg.gateway.unit}: "
                f"{len(cfg.buses)} buses, {len(cfg.meters)} meters, {points} points, "
@@ -152,7 +159,9 @@ def run_command(config_path: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         await Gateway(cfg).run(stop)
 
-    run_async(main(), StoreError)
+    from ._delivery import IdentityError
+
+    run_async(main(), StoreError, IdentityError)
 
 
 @contextmanager

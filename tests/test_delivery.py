@@ -352,3 +352,18 @@ def test_kill_9_while_publishing_then_restart_loses_nothing(
     assert readings_of(collector.batches) == stored
     assert len([r for r in stored if r[0].startswith("old.")]) == count
     assert collector.received >= len(collector.batches)       # duplicates allowed, not losses
+
+
+def test_check_verifies_the_gateway_identity(tmp_path: Path, pki: Pki, broker: Broker) -> None:
+    from .conftest import run_kemon
+
+    ident = pki.gateway(UNIT, GW)
+    cfg = site_config(tmp_path, 1502, ident, {"province": broker})
+    res = run_kemon("gateway", "check", "-c", str(cfg))
+    assert res.returncode == 0, res.stderr
+    other = pki.gateway(UNIT, "GWD2")
+    cfg.write_text(cfg.read_text().replace(str(ident.key_path), str(other.key_path)))
+    res = run_kemon("gateway", "check", "-c", str(cfg))
+    assert res.returncode == 2
+    assert "does not hold the public key" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
