@@ -66,7 +66,7 @@ from protocol import _batch_codec as codec  # noqa: E402
 
 UNIT = "91320100MA1ABCDE0C"
 GATEWAY = "GW0001"
-TOPIC = f"kemon/v1/{UNIT}/{GATEWAY}/up/batch"
+TOPIC = f"kemon/v1/{UNIT}/{GATEWAY}/up/data"
 F32 = struct.Struct(">f")
 
 
