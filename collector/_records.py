@@ -22,8 +22,9 @@ class VerifiedBatch:
     ``payload`` is the sealed bytes exactly as received (relayed upward unchanged);
     ``hash`` is their SHA-256 (the next batch's ``prev``); ``received`` ms since the epoch;
     ``chain``: ``"ok"`` (prev is the hash of the stored seq-1), ``"first"`` (seq 1, or the first
-    batch seen from this gateway), or ``"after_gap"`` (seqs are missing before it: a resend was
-    requested); ``via``: the relay path it came through (empty when straight from the gateway).
+    batch seen from this gateway), ``"after_gap"`` (seqs are missing before it: a resend is
+    requested), or ``"duplicate"`` (this very batch is stored already: acknowledge, store
+    nothing); ``via``: the relay path it came through (empty when straight from the gateway).
     """
 
     batch: Batch
@@ -50,8 +51,8 @@ class VerifiedBatch:
 class Quarantined:
     """A message that failed verification. ``reason`` is one line (``"signature does not
     verify"``, ``"topic names GW0002 but the batch GW0001"``, …); ``kind`` a short code for
-    counting (``format``, ``signature``, ``identity``, ``certificate``, ``replay``, ``chain``,
-    ``size``); ``payload`` at most the first 64 KiB of what arrived."""
+    counting (``size``, ``format``, ``identity``, ``certificate``, ``signature``, ``conflict``
+    — another batch with a stored seq —, ``chain``; ``collector._verify.QUARANTINE_KINDS``); ``payload`` at most the first 64 KiB of what arrived."""
 
     topic: str
     reason: str
