@@ -21,8 +21,9 @@ store() is one transaction (READ COMMITTED):
    sees the stored batch. Deadlock and serialization failures are retried the same way.
 
 Interned ids (unit/gateway, point codes, quality words) are inserted in their own short
-autocommit statements before the transaction, sorted (so two writers never wait on each other
-in a cycle), and cached in memory: they never change once committed.
+autocommit statements before any transaction, so a cached id always names a committed row;
+sorted, so two writers never wait on each other in a cycle; and cached in memory: they never
+change once committed.
 
 The connection is in autocommit mode with explicit transactions; a broken connection is
 replaced at the next call. :meth:`PgStorage.readings` streams through its own connection and a
@@ -249,9 +250,14 @@ class PgStorage(SqlStorage):
                             (units, names)).fetchall()
         self._gateway_ids.update({(u, g): int(i) for u, g, i in rows})
 
-    def _gateway_id(self, conn: psycopg.Connection[Any], unit: str, gateway: str) -> int:
+    def _committed_gateway_id(self, unit: str, gateway: str) -> int:
+        """The gateway's id, interning it outside any transaction (so a cached id always
+        names a committed row)."""
         if (unit, gateway) not in self._gateway_ids:
-            self._intern_gateways(conn, [(unit, gateway)])
+            try:
+                self._intern_gateways(self._connection(), [(unit, gateway)])
+            except psycopg.Error as exc:
+                raise _translate(self.url, "interning a gateway", exc) from exc
         return self._gateway_ids[unit, gateway]
 
     # -- writes ------------------------------------------------------------------------------
@@ -345,23 +351,22 @@ class PgStorage(SqlStorage):
 
     def record_status(self, status: GatewayStatus) -> None:
         check_status(status)
-
-        def work(conn: psycopg.Connection[Any]) -> None:
-            conn.execute(
+        with self._lock:
+            gid = self._committed_gateway_id(status.unit, status.gateway)
+            self._write("recording a status", lambda conn: conn.execute(
                 "UPDATE gateway SET status = %(status)s, status_at = %(at)s,"
                 " version = coalesce(%(version)s, version),"
                 " last_seen = GREATEST(last_seen, %(at)s)"
                 " WHERE id = %(id)s AND (status_at IS NULL OR status_at <= %(at)s)",
-                {"id": self._gateway_id(conn, status.unit, status.gateway),
-                 "status": status.status, "at": status.received, "version": status.version})
-
-        self._write("recording a status", work)
+                {"id": gid, "status": status.status, "at": status.received,
+                 "version": status.version}))
 
     def pin_certificate(self, unit: str, gateway: str, pem: str, *,
                         replace: bool = False) -> None:
-        self._write("pinning a certificate", lambda conn: conn.execute(
-            _PIN_REPLACE if replace else _PIN_FIRST,
-            (self._gateway_id(conn, unit, gateway), pem, now_ms())))
+        with self._lock:
+            gid = self._committed_gateway_id(unit, gateway)
+            self._write("pinning a certificate", lambda conn: conn.execute(
+                _PIN_REPLACE if replace else _PIN_FIRST, (gid, pem, now_ms())))
 
     def relay_ack(self, upstream: str, row_id: int) -> None:
         self._write("recording a relay acknowledgement", lambda conn: conn.execute(

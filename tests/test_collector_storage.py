@@ -87,6 +87,7 @@ def count_readings(s: Storage) -> int:
 # ---------------------------------------------------------------- exactly once
 
 def test_store_and_read_back(storage: Storage) -> None:
+    assert isinstance(storage, Storage)
     rs = readings(points(3), [T0, T0 + 60_000])
     assert storage.store([sealed(1, rs)]) == 6
     got = list(storage.readings())
