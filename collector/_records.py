@@ -52,7 +52,8 @@ class Quarantined:
     """A message that failed verification. ``reason`` is one line (``"signature does not
     verify"``, ``"topic names GW0002 but the batch GW0001"``, …); ``kind`` a short code for
     counting (``size``, ``format``, ``identity``, ``certificate``, ``signature``, ``conflict``
-    — another batch with a stored seq —, ``chain``; ``collector._verify.QUARANTINE_KINDS``); ``payload`` at most the first 64 KiB of what arrived."""
+    — another batch with a stored seq —, ``chain``; ``collector._verify.QUARANTINE_KINDS``);
+    ``payload`` at most the first 64 KiB of what arrived."""
 
     topic: str
     reason: str

@@ -206,6 +206,8 @@ def _decimal(x: float) -> tuple[int, int] | None:
     ``repr(x)`` writes (so it converts back to exactly ``x``), or ``None`` when that needs more
     than 9 digits or would lose the sign of -0.0."""
     text = repr(x)
+    if len(text) > _DECIMAL_DIGITS + 3 and "e" not in text:
+        return None                          # fast path: a float32's 17-digit repr
     if "e" not in text:                      # the common case: 157904.828, 230.4, 50.0
         whole, _, frac = text.partition(".")
         if frac == "0":

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._time import (
     CST_OFFSET_MS,
@@ -70,9 +69,11 @@ def period_end(period: Period, start: int) -> int:
     return start + _FIXED_MS[period]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value: ``ts`` is milliseconds since the epoch (an interval's start for intervals)."""
+class Reading(NamedTuple):
+    """One value: ``ts`` is milliseconds since the epoch (an interval's start for intervals).
+
+    A named tuple rather than a frozen dataclass: the store builds millions of these when it
+    seals a backlog, and a tuple is built three times faster (bench/bench_drain.py)."""
 
     point: str
     period: Period

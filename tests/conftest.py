@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.brokers"]     # the `pki` and `broker` fixtures (real TLS Mosquitto)
+# `pki` and `broker` (a real TLS Mosquitto); `postgres` and `pg_url` (a real PostgreSQL)
+pytest_plugins = ["tests.brokers", "tests.pg"]
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = "91320100MA1ABCDE0C"     # a valid unified social credit code (GB 32100 check character)
