@@ -19,6 +19,8 @@ __all__ = ["main"]
 # name -> (module, attribute, one-line help)
 _GROUPS = {
     "gateway": ("gateway._cli", "gateway_group", "Run and inspect an edge gateway."),
+    "collector": ("collector._cli", "collector_group",
+                  "Run and inspect a collector (province or national)."),
     "sim": ("gateway.sim._cli", "sim_command", "Simulated meters for training, demos and tests."),
     "demo": ("gateway.sim._demo", "demo_command", "Run the whole chain on simulated meters."),
 }
@@ -52,6 +54,7 @@ def cli(verbose: int) -> None:
       kemon gateway check -c /etc/kemon/gateway.toml
       kemon gateway run -c /etc/kemon/gateway.toml
       kemon gateway readings -c gateway.toml --period 15min --since 2026-11-27
+      kemon collector status -c /etc/kemon/collector.toml
       kemon sim -c gateway.toml
       kemon demo
     """
