@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ._mqtt_tls import ClientTlsContext, describe_tls_error
+from protocol._mqtt_tls import ClientTlsContext, describe_tls_error
 
 __all__ = ["ConnectInfo", "LinkError", "MqttLink"]
 

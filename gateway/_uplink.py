@@ -42,10 +42,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_random_exponential
 
 from protocol import parse_topic, topic, topic_filter
+from protocol._mqtt_tls import client_tls_context
 
 from ._model import DestinationConfig
 from ._mqtt_link import LinkError, MqttLink
-from ._mqtt_tls import client_tls_context
 from ._outbox_api import OutboxLike
 from ._uplink_flow import AckWindow, TokenBucket
 

@@ -1,7 +1,8 @@
-"""TLS for a destination's MQTT connection, and one-line descriptions of TLS failures.
+"""TLS for an MQTT client connection (a gateway destination, a collector), and one-line
+descriptions of TLS failures.
 
 The context always verifies the broker: its certificate must chain to ``ca_file`` (the system's
-trust store when none is given) and name the host in the URL (hostname checking on). The gateway
+trust store when none is given) and name the host in the URL (hostname checking on). The client
 presents its own certificate and key when given. TLS 1.2 is the oldest version offered.
 There is no switch to turn verification off: ``insecure = true`` in the configuration means
 plain ``mqtt://`` (no TLS at all), never an unverified TLS connection.
