@@ -39,12 +39,14 @@ def load_config(path: str | Path) -> CollectorConfig:
     file = Path(path)
     top = Table(file, "", read_toml(file))
     base = file.resolve().parent
+    for name in ("collector", "broker", "upstream"):
+        top.has(name)
+    top.done()              # a misspelt table is named as such, before "[collector] is missing"
     collector_t = top.section("collector", 'add [collector] with role, region and database')
     broker_t = top.section("broker", "add [broker] with url, ca_file, cert_file and key_file")
     broker = _broker(broker_t, base)
     section = _collector(collector_t, base, broker)
     upstreams = _upstreams(top, base)
-    top.done()
     return CollectorConfig(source=file.resolve(), collector=section, broker=broker,
                            upstreams=tuple(upstreams))
 
