@@ -13,6 +13,7 @@ certificates afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -43,9 +44,15 @@ def load_config(path: str | Path) -> CollectorConfig:
         top.has(name)
     top.done()              # a misspelt table is named as such, before "[collector] is missing"
     collector_t = top.section("collector", 'add [collector] with role, region and database')
+    section = _collector(collector_t, base)
     broker_t = top.section("broker", "add [broker] with url, ca_file, cert_file and key_file")
     broker = _broker(broker_t, base)
-    section = _collector(collector_t, base, broker)
+    if not section.trusted_ca:
+        if broker.ca_file is None:
+            raise collector_t.error("trusted_ca", "is missing; gateway certificates must chain "
+                                                  "to a trusted CA: set trusted_ca (or "
+                                                  "broker.ca_file)")
+        section = dataclasses.replace(section, trusted_ca=(broker.ca_file,))
     upstreams = _upstreams(top, base)
     return CollectorConfig(source=file.resolve(), collector=section, broker=broker,
                            upstreams=tuple(upstreams))
@@ -53,7 +60,9 @@ def load_config(path: str | Path) -> CollectorConfig:
 
 # ---------------------------------------------------------------- [collector]
 
-def _collector(t: Table, base: Path, broker: BrokerConfig) -> CollectorSection:
+def _collector(t: Table, base: Path) -> CollectorSection:
+    """The ``[collector]`` table; ``trusted_ca`` is left empty when absent (the caller
+    defaults it to the broker's CA)."""
     role = t.choice("role", ROLES)
     region = t.text("region", required=role == "province",
                     hint='the province\'s GB/T 2260 code, e.g. region = "320000"')
@@ -64,16 +73,9 @@ def _collector(t: Table, base: Path, broker: BrokerConfig) -> CollectorSection:
             raise t.error("region", str(exc)) from None
     database = _database(t, base)
     cas = t.texts("trusted_ca")
-    trusted: tuple[Path, ...]
-    if cas is None:
-        if broker.ca_file is None:
-            raise t.error("trusted_ca", "is missing; gateway certificates must chain to a "
-                                        "trusted CA: set trusted_ca (or broker.ca_file)")
-        trusted = (broker.ca_file,)
-    else:
-        if not cas:
-            raise t.error("trusted_ca", "is empty; name at least one CA certificate file")
-        trusted = tuple(_existing(t, "trusted_ca", base, ca) for ca in cas)
+    if cas == []:
+        raise t.error("trusted_ca", "is empty; name at least one CA certificate file")
+    trusted = tuple(_existing(t, "trusted_ca", base, ca) for ca in cas or ())
     queue = t.integer("queue", 10_000, 1, 10_000_000, "messages")
     t.done()
     return CollectorSection(role=role, region=region or "", database=database,
