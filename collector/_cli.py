@@ -9,16 +9,15 @@ mode lets them read while it writes, PostgreSQL is a server.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import unicodedata
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import click
 from click.decorators import FC
@@ -32,8 +31,6 @@ from ._storage import GatewayRow, Storage, StorageError, open_storage, redact_ur
 __all__ = ["collector_group"]
 
 log = logging.getLogger(__name__)
-
-RunCollector = Callable[[CollectorConfig, asyncio.Event], Awaitable[None]]
 
 
 class BadInput(click.ClickException):
@@ -231,15 +228,8 @@ def run_command(config_path: str) -> None:
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    try:
-        ingest = importlib.import_module("collector._ingest")
-    except ModuleNotFoundError as exc:
-        if exc.name != "collector._ingest":
-            raise
-        raise Failure("this installation has no collector ingest (collector/_ingest.py)"
-                      ) from None
-    run_collector = cast(RunCollector, ingest.run_collector)
-    from aiomqtt import MqttError
+    from ._ingest import run_collector
+    from ._mqtt import LinkError
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -248,7 +238,10 @@ def run_command(config_path: str) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_collector(cfg, stop)
 
-    run_async(main(), (OSError, StorageError, MqttError))
+    # run_collector's documented failures: StorageError (a database that cannot be used; one
+    # that is only unavailable is waited out), ValueError/OSError (unusable certificates, which
+    # _check_certificates has already refused with exit 2), LinkError (the broker)
+    run_async(main(), (OSError, StorageError, LinkError, ValueError))
 
 
 # ---------------------------------------------------------------- readings

@@ -8,15 +8,18 @@ reading commands in-process (click's runner), which is the same code and much fa
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from collector._cli import COLUMNS, display_width
 from collector._records import GatewayStatus, Quarantined, VerifiedBatch
@@ -35,6 +38,7 @@ from protocol import (
 )
 from provisioning import make_ca, make_collector_cert, write_cert, write_key
 
+from .brokers import Broker, MqttClient, Pki
 from .conftest import kemon_cmd, run_kemon
 
 UNIT = "91320100MA1ABCDE0C"
@@ -427,3 +431,77 @@ def test_missing_config_option_is_usage_exit_2() -> None:
     result = run_kemon("collector", "readings")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "-c" in result.stderr
+
+
+def test_a_file_that_is_not_a_database_exits_1(tmp_path: Path,
+                                               write_config: ConfigWriter) -> None:
+    db = tmp_path / "collector.db"
+    db.write_bytes(b"this is not an SQLite database, just text " * 100)
+    path = write_config(f"sqlite://{db}")
+    for command in ("readings", "status", "check", "run"):
+        line = one_line_error(run_kemon("collector", command, "-c", str(path)), 1)
+        assert str(db) in line, line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_stores_what_a_gateway_sends_and_stops_cleanly_on_a_signal(broker: Broker, pki: Pki,
+                                                            tmp_path: Path,
+                                                            sig: signal.Signals) -> None:
+    col = pki.collector()
+    db = tmp_path / "collector.db"
+    path = tmp_path / "collector.toml"
+    path.write_text(f"""
+[collector]
+role = "province"
+region = "320000"
+database = "sqlite:collector.db"
+
+[broker]
+url = "{broker.url}"
+ca_file = "{pki.ca_path}"
+cert_file = "{col.cert_path}"
+key_file = "{col.key_path}"
+client_id = "test-run-{sig.name}"
+""", encoding="utf-8")
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("wb") as err, \
+            subprocess.Popen(kemon_cmd("collector", "run", "-c", str(path)),
+                             stdout=subprocess.DEVNULL, stderr=err) as proc:
+        try:
+            deadline = time.monotonic() + 20
+            while "connected to" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, err_path.read_text()
+                time.sleep(0.05)
+            gw = pki.gateway(UNIT, "GW0001")
+            key = serialization.load_pem_private_key(gw.key_path.read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            rows = BATCHES[0][3]
+            batch = Batch(UNIT, "GW0001", 1, ZERO_HASH, "data", T0,
+                          tuple(Reading(r.point, Period(r.period), r.ts, r.value, r.quality)
+                                for r in rows), None)
+            with MqttClient.connect(broker, gw) as client:
+                client.publish(f"kemon/v1/{UNIT}/GW0001/up/status", json.dumps(
+                    {"status": "online", "version": "9.9.9",
+                     "certificate": gw.cert_path.read_text()}), retain=True)
+                client.publish(f"kemon/v1/{UNIT}/GW0001/up/data", seal(batch, key))
+            while json_lines(run_kemon("collector", "readings", "-c", str(path)).stdout) != [
+                    r.json() for r in rows]:
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, err_path.read_text()
+                time.sleep(0.1)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=20) == 0, err_path.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = err_path.read_text()
+    assert "Traceback" not in text and "stopped" in text
+    status = run_kemon("collector", "status", "-c", str(path), "--json")
+    assert status.returncode == 0, status.stderr
+    [gateway] = json.loads(status.stdout)["gateways"]
+    assert (gateway["unit"], gateway["gateway"], gateway["version"], gateway["status"],
+            gateway["last_seq"], gateway["readings"]) == (UNIT, "GW0001", "9.9.9", "online",
+                                                          1, len(rows))
+    assert db.is_file()
