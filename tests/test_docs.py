@@ -30,7 +30,8 @@ COMMANDS = list(walk(cli))
 def test_the_walk_finds_the_contract_commands() -> None:
     names = {path for path, _ in COMMANDS}
     assert {"kemon gateway run", "kemon gateway check", "kemon gateway readings",
-            "kemon sim", "kemon demo"} <= names
+            "kemon sim", "kemon demo", "kemon collector run", "kemon collector readings",
+            "kemon collector status", "kemon collector check"} <= names
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[p for p, _ in COMMANDS])
@@ -59,3 +60,35 @@ def test_every_configuration_key_is_documented() -> None:
     missing = sorted(k for k in keys
                      if f"`{k}`" not in doc and f"[{k}]" not in doc and f"[[{k}]]" not in doc)
     assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+def _collector_config_keys() -> set[str]:
+    """Keys the collector's loader reads through its Table getters (collector/_toml_table.py),
+    and the key tuples it loops over."""
+    source = (ROOT / "collector" / "_config.py").read_text(encoding="utf-8")
+    getters = r"(?:text|required_text|choice|integer|number|flag|texts|section|array|has)"
+    keys = set(re.findall(rf'\.{getters}\(\s*"([a-z_]+)"', source))
+    for group in re.findall(r'for (?:key|name) in \(([^)]*)\)', source):
+        keys |= set(re.findall(r'"([a-z_]+)"', group))
+    return keys
+
+
+def test_every_collector_configuration_key_is_documented() -> None:
+    doc = (ROOT / "docs" / "collector.md").read_text(encoding="utf-8")
+    keys = _collector_config_keys()
+    assert {"collector", "broker", "upstream", "role", "region", "database", "trusted_ca",
+            "queue", "url", "insecure", "ca_file", "cert_file", "key_file", "share_group",
+            "client_id", "keepalive", "name", "rate_limit", "max_inflight"} <= keys
+    missing = sorted(k for k in keys
+                     if f"`{k}`" not in doc and f"[{k}]" not in doc and f"[[{k}]]" not in doc)
+    assert not missing, f"docs/collector.md does not document: {missing}"
+
+
+def test_the_collector_example_shows_every_key() -> None:
+    """The complete example in docs/collector.md (what users copy) names every key, set or
+    commented out."""
+    doc = (ROOT / "docs" / "collector.md").read_text(encoding="utf-8")
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    keys = set(re.findall(r"^#? ?([a-z_]+) = ", example, re.MULTILINE))
+    keys |= set(re.findall(r"^\[\[?([a-z_]+)\]\]?", example, re.MULTILINE))
+    assert keys == _collector_config_keys()
