@@ -327,3 +327,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert "cannot read" in str(err) and "absent.toml" in str(err)
     err = error_of(tmp_path)
     assert "cannot read" in str(err)
+
+
+def test_the_documented_example_loads(write: Writer, tmp_path: Path,
+                                      identity: dict[str, bytes]) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "collector.md").read_text(
+        encoding="utf-8")
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    for name, source in (("national-ca.pem", "ca.pem"), ("province.pem", "collector.pem"),
+                         ("province.key", "collector.key")):
+        (tmp_path / name).write_bytes(identity[source])
+    cfg = load_config(write(example))
+    assert (cfg.collector.role, cfg.collector.region) == ("province", "320000")
+    assert cfg.collector.database == "sqlite:///var/lib/kemon/collector.db"
+    assert [u.name for u in cfg.upstreams] == ["national"]
+    assert cfg.upstreams[0].ca_file == tmp_path / "national-ca.pem"
