@@ -4,6 +4,8 @@ ingest, relay and the commands come next (issue "Step 3").
 Collector code never imports ``gateway``; what both need is in ``protocol``.
 """
 
+from ._config import ConfigError, load_config
+from ._model import BrokerConfig, CollectorConfig, CollectorSection, UpstreamConfig
 from ._records import GatewayStatus, Quarantined, VerifiedBatch
 from ._storage import (
     GatewayRow,
@@ -17,6 +19,10 @@ from ._storage import (
 from ._verify import Lookups, Verifier
 
 __all__ = [
+    "BrokerConfig",
+    "CollectorConfig",
+    "CollectorSection",
+    "ConfigError",
     "GatewayRow",
     "GatewayStatus",
     "Lookups",
@@ -26,7 +32,9 @@ __all__ = [
     "StorageURLError",
     "StorageUnavailableError",
     "StoredReading",
+    "UpstreamConfig",
     "VerifiedBatch",
     "Verifier",
+    "load_config",
     "open_storage",
 ]
