@@ -32,8 +32,9 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from collector import Storage, open_storage
+from collector import Storage, VerifiedBatch, open_storage
 from collector._ingest import Ingest, IngestOptions
+from collector._ingest_state import GapWatch, GroupLookups
 from collector._model import BrokerConfig, CollectorConfig, CollectorSection
 from protocol import ZERO_HASH, Batch, Period, Reading, batch_hash, seal, unseal
 
@@ -241,7 +242,67 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-# --- tests --------------------------------------------------------------------------------------
+# --- the pure parts -----------------------------------------------------------------------------
+
+def test_gap_watch_waits_out_the_grace_then_rate_limits_each_range() -> None:
+    watch = GapWatch(grace=5, interval=60)
+    g = (UNIT, GW1)
+    watch.note(g, now=100)
+    assert watch.due(104) == [] and watch.due(105) == [g]
+    assert watch.plan(g, [(3, 4), (9, 9)], now=105) == [(3, 4), (9, 9)]
+    watch.sent(g, (3, 4), 105)                     # (9, 9) could not be sent
+    assert watch.due(164) == [] and watch.due(165) == [g]
+    assert watch.plan(g, [(3, 4), (9, 9)], now=150) == [(9, 9)]   # (3, 4) asked < 60 s ago
+    assert watch.plan(g, [(3, 4)], now=165) == [(3, 4)]           # a minute later: again
+    assert watch.plan(g, [], now=170) == [] and len(watch) == 0   # filled: forgotten
+    watch.note(g, now=200)
+    watch.retry_later(g, now=201)
+    assert watch.due(205) == [] and watch.due(206) == [g]
+
+
+class _Stored:
+    """Lookups over a dict, counting the questions asked."""
+
+    def __init__(self, hashes: dict[int, bytes]) -> None:
+        self.hashes = hashes
+        self.asked = 0
+
+    def pinned_certificate(self, unit: str, gateway: str) -> str | None:
+        return None
+
+    def last_batch(self, unit: str, gateway: str) -> tuple[int, bytes] | None:
+        return max(self.hashes.items()) if self.hashes else None
+
+    def batch_hash(self, unit: str, gateway: str, seq: int) -> bytes | None:
+        self.asked += 1
+        return self.hashes.get(seq)
+
+
+def _vb(seq: int, digest: bytes) -> VerifiedBatch:
+    batch = Batch(UNIT, GW1, seq, ZERO_HASH, "data", T0, ())
+    return VerifiedBatch(batch=batch, payload=b"", hash=digest, received=T0)
+
+
+def test_group_lookups_count_the_group_as_stored_until_discarded() -> None:
+    storage = _Stored({1: b"h1"})
+    lookups = GroupLookups(storage, cache_size=2)
+    assert lookups.batch_hash(UNIT, GW1, 1) == b"h1"
+    assert lookups.batch_hash(UNIT, GW1, 1) == b"h1" and storage.asked == 1   # cached
+    lookups.add(_vb(2, b"h2"))
+    assert lookups.batch_hash(UNIT, GW1, 2) == b"h2"
+    assert lookups.last_batch(UNIT, GW1) == (2, b"h2")
+    lookups.discard()                                   # the store failed
+    assert lookups.batch_hash(UNIT, GW1, 2) is None
+    assert lookups.last_batch(UNIT, GW1) == (1, b"h1")
+    lookups.add(_vb(2, b"h2"))
+    lookups.add(_vb(3, b"h3"))
+    lookups.commit()                                    # stored: remembered, cache bounded
+    asked = storage.asked
+    assert lookups.batch_hash(UNIT, GW1, 3) == b"h3" and storage.asked == asked
+    assert lookups.batch_hash(UNIT, GW1, 1) == b"h1" and storage.asked == asked + 1
+
+
+# --- with a broker ----------------------------------------------------------------------------
 
 def test_a_real_gateway_s_readings_are_stored_once_each(tmp_path: Path, pki: Pki,
                                                           broker: Broker) -> None:
