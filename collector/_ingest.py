@@ -5,8 +5,8 @@ until ``stop`` is set::
 
     broker ──PUBLISH──► IngestLink ──► queue (bounded) ──► consumer: a group of messages
       ▲                  (paho on the                        │  verify each (Verifier)
-      └──PUBACK, in ─────  event loop)                       │  ONE storage.store(...) — in a
-         arrival order,                                      │  worker thread
+      └──PUBACK, in ─────  event loop)                       │  ONE storage.store(...)
+         arrival order,                                      │  (worker threads)
          after COMMIT ◄──────────────────────────────────────┘
 
 Subscriptions (MQTT 5, QoS 1, persistent session: clean start off, a session expiry, a stable
@@ -45,13 +45,18 @@ us than the queue holds (the group in hand included); the rest wait at the broke
 arrive anyway (QoS 0, a broker ignoring the limit), the link stops reading from its socket until
 the queue is half empty, so TCP pushes back on the broker instead of memory growing.
 
-**Storage outages.** Verification and storing run in a worker thread (``asyncio.to_thread``),
-one group at a time: up to ``group_size`` messages, or what arrived within ``linger`` seconds of
-the first. If the database is unavailable (``StorageUnavailableError``) nothing is acknowledged,
-one line is logged and the same group is tried again with jittered exponential back-off
-(tenacity), for as long as it takes; meanwhile the queue fills and backpressure holds the rest
-at the broker. Any other storage error is a bug or a broken database: it ends the ingest
-(unacknowledged messages come again after a restart).
+**Groups, two stages.** Messages are taken in groups: up to ``group_size``, or what arrived
+within ``linger`` seconds of the first. A group is verified in a worker thread (the verifier's
+lookups through a database connection of their own), then stored in ONE ``store()``
+transaction in another; the next group is verified while the previous one is being stored (the
+lookups count a group verified but not yet stored as stored, ``GroupLookups``). Groups are
+stored and acknowledged strictly one after the other, in arrival order.
+
+**Storage outages.** If the database is unavailable (``StorageUnavailableError``) nothing is
+acknowledged, one line is logged and the same group is tried again with jittered exponential
+back-off (tenacity), for as long as it takes; meanwhile the queue fills and backpressure holds
+the rest at the broker. Any other storage error is a bug or a broken database: it ends the
+ingest (unacknowledged messages come again after a restart).
 
 **Gaps.** A batch verified ``after_gap`` (seqs missing before it) marks its gateway; a few
 seconds later (``gap_grace``: a batch may still be on its way through another collector) the
@@ -137,6 +142,74 @@ class _Outcome:
     gaps: set[tuple[str, str]] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A group after verification, ready for its one ``store()``."""
+
+    group: list[Incoming]
+    token: int
+    verified: list[VerifiedBatch]
+    quarantined: list[Quarantined]
+    outcome: _Outcome
+
+
+@dataclass(slots=True)
+class _Stages:
+    """The two stages a group goes through, each called in a worker thread."""
+
+    writer: Storage
+    verifier: Verifier
+    lookups: GroupLookups
+
+    def verify(self, group: Sequence[Incoming], token: int) -> _Prepared:
+        """Verify each message; record statuses and pin certificates on the way (their own
+        short transactions, before the data that follows them is verified)."""
+        out = _Outcome()
+        verified: list[VerifiedBatch] = []
+        quarantined: list[Quarantined] = []
+        storage, verifier = self.writer, self.verifier
+        try:
+            for message in group:
+                if message.topic.endswith("/up/status"):
+                    record, pem = verifier.status(message.topic, message.payload)
+                    if isinstance(record, Quarantined):
+                        quarantined.append(record)
+                        continue
+                    if pem is not None:
+                        # A re-key (a pin exists and the verifier accepted the newer
+                        # certificate) replaces it; a first pin leaves a concurrent one be.
+                        replace = storage.pinned_certificate(record.unit, record.gateway) \
+                            is not None
+                        storage.pin_certificate(record.unit, record.gateway, pem,
+                                                replace=replace)
+                    storage.record_status(record)
+                    out.statuses += 1
+                    continue
+                result = verifier.batch(message.topic, message.payload)
+                if isinstance(result, Quarantined):
+                    quarantined.append(result)
+                elif result.chain == "duplicate":
+                    out.duplicates += 1
+                else:
+                    verified.append(result)
+                    self.lookups.add(token, result)
+                    if result.chain == "after_gap":
+                        out.gaps.add((result.unit, result.gateway))
+        except BaseException:
+            self.lookups.discard(token)
+            raise
+        out.batches = len(verified)
+        out.quarantined.update(q.kind for q in quarantined)
+        return _Prepared(list(group), token, verified, quarantined, out)
+
+    def store(self, prepared: _Prepared) -> int:
+        """ONE transaction: the group's new batches and quarantined messages; how many
+        readings were newly stored."""
+        if not prepared.verified and not prepared.quarantined:
+            return 0
+        return self.writer.store(prepared.verified, prepared.quarantined)
+
+
 async def run_collector(cfg: CollectorConfig, stop: asyncio.Event, *,
                         options: IngestOptions | None = None) -> None:
     """Run the ingest until ``stop`` is set (see the module docstring).
@@ -210,23 +283,31 @@ class Ingest:
     # --- the whole ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        storage = await self._open_storage(stop)
-        if storage is None:
+        writer = await self._open_storage(stop)
+        if writer is None:
             return
-        lookups = GroupLookups(storage)
-        verifier = Verifier(self._trusted, lookups)
+        reader: Storage | None = None
         drained = asyncio.Event()
         try:
-            await self._note_known_gaps(storage)
+            # The verifier's lookups go through their own connection, so that verifying the
+            # next group does not wait for the transaction storing the previous one.
+            reader = await self._open_storage(stop)
+            if reader is None:
+                return
+            lookups = GroupLookups(reader)
+            stages = _Stages(writer, Verifier(self._trusted, lookups), lookups)
+            await self._note_known_gaps(writer)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection(drained), name=f"{self.name}.connection")
-                tasks.create_task(self._consume(stop, drained, storage, verifier, lookups),
+                tasks.create_task(self._consume(stop, drained, stages),
                                   name=f"{self.name}.consume")
-                tasks.create_task(self._resends(drained, storage), name=f"{self.name}.resend")
+                tasks.create_task(self._resends(drained, reader), name=f"{self.name}.resend")
                 tasks.create_task(self._report(drained), name=f"{self.name}.report")
         finally:
             log.info("%s: stopped: %s", self.name, self.counters.line())
-            await asyncio.to_thread(storage.close)
+            await asyncio.to_thread(writer.close)
+            if reader is not None:
+                await asyncio.to_thread(reader.close)
 
     async def _open_storage(self, stop: asyncio.Event) -> Storage | None:
         url = self.cfg.collector.database
@@ -312,14 +393,31 @@ class Ingest:
 
     # --- the consumer -------------------------------------------------------------------------
 
-    async def _consume(self, stop: asyncio.Event, drained: asyncio.Event, storage: Storage,
-                       verifier: Verifier, lookups: GroupLookups) -> None:
+    async def _consume(self, stop: asyncio.Event, drained: asyncio.Event,
+                       stages: _Stages) -> None:
+        """Groups through two stages: group k+1 is verified while group k is stored; each
+        group is acknowledged after its commit, and only after the group before it."""
+        storing: asyncio.Task[bool] | None = None
+        token = 0
         try:
             while not stop.is_set():
                 group = await self._next_group(stop)
-                if group:
-                    await self._handle(group, stop, storage, verifier, lookups)
+                if not group:
+                    continue
+                token += 1
+                prepared = await self._verify(group, token, stages, stop)
+                if storing is not None and not await storing:
+                    stages.lookups.discard(token)        # its predecessor was abandoned
+                    prepared = None
+                storing = None
+                if prepared is None:
+                    break
+                storing = asyncio.create_task(self._store(prepared, stages, stop),
+                                              name=f"{self.name}.store")
         finally:
+            if storing is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await storing                   # the group in hand: stored, acknowledged
             drained.set()
 
     async def _next_group(self, stop: asyncio.Event) -> list[Incoming]:
@@ -354,76 +452,48 @@ class Ingest:
             log.info("%s: queue at %d: reading resumed", self.name, depth)
         return group
 
-    async def _handle(self, group: list[Incoming], stop: asyncio.Event, storage: Storage,
-                      verifier: Verifier, lookups: GroupLookups) -> None:
-        """Verify and store ``group`` (retrying while the database is unavailable), then
-        acknowledge it in arrival order."""
+    async def _verify(self, group: list[Incoming], token: int, stages: _Stages,
+                      stop: asyncio.Event) -> _Prepared | None:
+        """Stage 1 (worker thread): verify ``group``; None when stopped while the database
+        was unavailable."""
         try:
-            outcome = await self._retry_storage(
-                lambda: self._process(group, storage, verifier, lookups), stop,
+            return await self._retry_storage(lambda: stages.verify(group, token), stop,
+                                             f"verifying {len(group)} messages")
+        except StorageUnavailableError:
+            log.warning("%s: stopping with %d messages not verified and not acknowledged; "
+                        "the broker keeps them for the next run", self.name, len(group))
+            return None
+
+    async def _store(self, prepared: _Prepared, stages: _Stages, stop: asyncio.Event) -> bool:
+        """Stage 2 (worker thread): store the group in one transaction (again and again while
+        the database is unavailable), then acknowledge it in arrival order. False when stopped
+        before it could be stored (nothing acknowledged)."""
+        group, out = prepared.group, prepared.outcome
+        try:
+            out.readings = await self._retry_storage(
+                lambda: stages.store(prepared), stop,
                 f"storing {len(group)} messages (not acknowledged)")
         except StorageUnavailableError:
+            stages.lookups.discard(prepared.token)
             log.warning("%s: stopping with %d messages not stored and not acknowledged; the "
                         "broker keeps them for the next run", self.name, len(group))
-            return
+            return False
+        stages.lookups.commit(prepared.token)
         c = self.counters
         c.groups += 1
-        c.statuses += outcome.statuses
-        c.batches_stored += outcome.batches
-        c.readings_stored += outcome.readings
-        c.duplicates += outcome.duplicates
-        for kind, n in outcome.quarantined.items():
+        c.statuses += out.statuses
+        c.batches_stored += out.batches
+        c.readings_stored += out.readings
+        c.duplicates += out.duplicates
+        for kind, n in out.quarantined.items():
             c.quarantined[kind] = c.quarantined.get(kind, 0) + n
         now = time.monotonic()
-        for gateway in outcome.gaps:
+        for gateway in out.gaps:
             self._gaps.note(gateway, now)
         for message in group:          # arrival order
             if message.link.ack(message):
                 c.acked += 1
-
-    def _process(self, group: Sequence[Incoming], storage: Storage, verifier: Verifier,
-                 lookups: GroupLookups) -> _Outcome:
-        """(Worker thread.) Verify each message, record statuses and pins, then store the
-        group's new batches and quarantined messages in ONE transaction."""
-        out = _Outcome()
-        verified: list[VerifiedBatch] = []
-        quarantined: list[Quarantined] = []
-        try:
-            for message in group:
-                if message.topic.endswith("/up/status"):
-                    record, pem = verifier.status(message.topic, message.payload)
-                    if isinstance(record, Quarantined):
-                        quarantined.append(record)
-                        continue
-                    if pem is not None:
-                        # A re-key (a pin exists and the verifier accepted the newer
-                        # certificate) replaces it; a first pin leaves a concurrent one be.
-                        replace = storage.pinned_certificate(record.unit, record.gateway) \
-                            is not None
-                        storage.pin_certificate(record.unit, record.gateway, pem,
-                                                replace=replace)
-                    storage.record_status(record)
-                    out.statuses += 1
-                    continue
-                result = verifier.batch(message.topic, message.payload)
-                if isinstance(result, Quarantined):
-                    quarantined.append(result)
-                elif result.chain == "duplicate":
-                    out.duplicates += 1
-                else:
-                    verified.append(result)
-                    lookups.add(result)
-                    if result.chain == "after_gap":
-                        out.gaps.add((result.unit, result.gateway))
-            if verified or quarantined:
-                out.readings = storage.store(verified, quarantined)
-        except BaseException:
-            lookups.discard()
-            raise
-        lookups.commit()
-        out.batches = len(verified)
-        out.quarantined.update(q.kind for q in quarantined)
-        return out
+        return True
 
     async def _retry_storage(self, call: Callable[[], _T], stop: asyncio.Event,
                              what: str) -> _T:

@@ -15,6 +15,7 @@ and which gaps to ask a gateway to resend, when.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ._records import VerifiedBatch
@@ -61,55 +62,62 @@ class Counters:
 
 
 class GroupLookups:
-    """``Lookups`` over ``storage`` plus the group being verified (see the module docstring).
+    """``Lookups`` over ``storage`` plus the groups verified but not yet stored (see the module
+    docstring). Thread-safe: one group is verified in one thread while the previous one is
+    stored from another.
 
-    ``add`` a batch once verified; ``commit`` after ``store()`` returned, ``discard`` after it
-    failed. ``cache_size`` stored hashes are remembered (oldest forgotten first).
+    ``add(token, batch)`` once a batch of group ``token`` is verified; ``commit(token)`` after
+    that group's ``store()`` returned, ``discard(token)`` when it will not be stored.
+    ``cache_size`` stored hashes are remembered (oldest forgotten first).
     """
 
     def __init__(self, storage: Lookups, cache_size: int = 100_000) -> None:
         self._storage = storage
         self._cache_size = cache_size
+        self._lock = threading.Lock()
         self._stored: dict[tuple[str, str, int], bytes] = {}
-        self._pending: dict[tuple[str, str, int], bytes] = {}
-        self._pending_last: dict[Gateway, tuple[int, bytes]] = {}
+        self._pending: dict[int, dict[tuple[str, str, int], bytes]] = {}
 
     def pinned_certificate(self, unit: str, gateway: str) -> str | None:
         return self._storage.pinned_certificate(unit, gateway)
 
     def batch_hash(self, unit: str, gateway: str, seq: int) -> bytes | None:
         key = (unit, gateway, seq)
-        found = self._pending.get(key) or self._stored.get(key)
+        with self._lock:
+            found = self._stored.get(key)
+            for group in self._pending.values():
+                found = found or group.get(key)
         if found is None:
             found = self._storage.batch_hash(unit, gateway, seq)
             if found is not None:
-                self._remember(key, found)
+                with self._lock:
+                    self._remember(key, found)
         return found
 
     def last_batch(self, unit: str, gateway: str) -> tuple[int, bytes] | None:
-        stored = self._storage.last_batch(unit, gateway)
-        pending = self._pending_last.get((unit, gateway))
-        if stored is None or (pending is not None and pending[0] > stored[0]):
-            return pending
-        return stored
+        best = self._storage.last_batch(unit, gateway)
+        with self._lock:
+            for group in self._pending.values():
+                for (u, g, seq), digest in group.items():
+                    if u == unit and g == gateway and (best is None or seq > best[0]):
+                        best = (seq, digest)
+        return best
 
-    def add(self, vb: VerifiedBatch) -> None:
-        """Count ``vb`` as stored while the rest of its group is verified."""
-        self._pending[vb.unit, vb.gateway, vb.seq] = vb.hash
-        last = self._pending_last.get((vb.unit, vb.gateway))
-        if last is None or vb.seq > last[0]:
-            self._pending_last[vb.unit, vb.gateway] = (vb.seq, vb.hash)
+    def add(self, token: int, vb: VerifiedBatch) -> None:
+        """Count ``vb`` as stored while later batches are verified."""
+        with self._lock:
+            self._pending.setdefault(token, {})[vb.unit, vb.gateway, vb.seq] = vb.hash
 
-    def commit(self) -> None:
-        """The group is stored: remember its hashes."""
-        for key, digest in self._pending.items():
-            self._remember(key, digest)
-        self.discard()
+    def commit(self, token: int) -> None:
+        """Group ``token`` is stored: remember its hashes."""
+        with self._lock:
+            for key, digest in self._pending.pop(token, {}).items():
+                self._remember(key, digest)
 
-    def discard(self) -> None:
-        """The group was not stored: forget it."""
-        self._pending.clear()
-        self._pending_last.clear()
+    def discard(self, token: int) -> None:
+        """Group ``token`` was not stored: forget it."""
+        with self._lock:
+            self._pending.pop(token, None)
 
     def _remember(self, key: tuple[str, str, int], digest: bytes) -> None:
         self._stored[key] = digest

@@ -84,10 +84,13 @@ class Gateway:
             self.sealed[seq] = seal(Batch(self.unit, self.gateway, seq, prev, "data",
                                           T0 + seq, self.readings(seq)), key or self.key)
 
-    def publish(self, *seqs: int, qos: int = 1) -> None:
+    def publish(self, *seqs: int, qos: int = 1, pace: float = 0.0) -> None:
+        """Publish the batches ``seqs`` (waiting for each PUBACK), ``pace`` seconds apart."""
         self.seal_upto(max(seqs))
         for seq in seqs:
             self.client.publish(self.data_topic, self.sealed[seq], qos=qos)
+            if pace:
+                time.sleep(pace)
 
     def expected(self, seqs: range | list[int]) -> set[Row]:
         return {(self.unit, self.gateway, r.point, str(r.period), r.ts, r.value, "good")
@@ -283,20 +286,24 @@ def _vb(seq: int, digest: bytes) -> VerifiedBatch:
     return VerifiedBatch(batch=batch, payload=b"", hash=digest, received=T0)
 
 
-def test_group_lookups_count_the_group_as_stored_until_discarded() -> None:
+def test_group_lookups_count_groups_in_hand_as_stored_until_discarded() -> None:
     storage = _Stored({1: b"h1"})
     lookups = GroupLookups(storage, cache_size=2)
     assert lookups.batch_hash(UNIT, GW1, 1) == b"h1"
     assert lookups.batch_hash(UNIT, GW1, 1) == b"h1" and storage.asked == 1   # cached
-    lookups.add(_vb(2, b"h2"))
+    lookups.add(1, _vb(2, b"h2"))                       # group 1 being stored
+    lookups.add(2, _vb(3, b"h3"))                       # group 2 being verified
     assert lookups.batch_hash(UNIT, GW1, 2) == b"h2"
+    assert lookups.last_batch(UNIT, GW1) == (3, b"h3")
+    lookups.discard(2)
+    assert lookups.batch_hash(UNIT, GW1, 3) is None
     assert lookups.last_batch(UNIT, GW1) == (2, b"h2")
-    lookups.discard()                                   # the store failed
+    lookups.discard(1)                                  # the store failed
     assert lookups.batch_hash(UNIT, GW1, 2) is None
     assert lookups.last_batch(UNIT, GW1) == (1, b"h1")
-    lookups.add(_vb(2, b"h2"))
-    lookups.add(_vb(3, b"h3"))
-    lookups.commit()                                    # stored: remembered, cache bounded
+    lookups.add(3, _vb(2, b"h2"))
+    lookups.add(3, _vb(3, b"h3"))
+    lookups.commit(3)                                   # stored: remembered, cache bounded
     asked = storage.asked
     assert lookups.batch_hash(UNIT, GW1, 3) == b"h3" and storage.asked == asked
     assert lookups.batch_hash(UNIT, GW1, 1) == b"h1" and storage.asked == asked + 1
@@ -362,10 +369,11 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_stores_nothing_twice(
         gw = gateways(GW1)
         gw.birth()
         gw.seal_upto(n)
-        publisher = threading.Thread(target=gw.publish, args=tuple(range(1, n + 1)))
+        publisher = threading.Thread(target=gw.publish, args=tuple(range(1, n + 1)),
+                                     kwargs={"pace": 0.003})       # about a second long
         publisher.start()
         try:
-            wait_until(lambda: batches_of(storage, GW1) >= n // 5, 20, "storing under way")
+            wait_until(lambda: batches_of(storage, GW1) >= n // 10, 20, "storing under way")
             first.kill()                                  # SIGKILL mid-stream
             at_kill = batches_of(storage, GW1)
         finally:
