@@ -578,3 +578,31 @@ def test_a_database_outage_holds_acks_and_backpressure_reaches_the_broker(
         assert len(rows) == 75 * PER_BATCH and set(rows) == gw.expected(range(1, 76))
     finally:
         storage.close()
+
+
+def test_the_collector_reconnects_after_a_broker_restart(
+        tmp_path: Path, pki: Pki, broker: Broker, gateways: Callable[[str], Gateway]) -> None:
+    cfg = config(tmp_path, broker, pki, f"sqlite:///{tmp_path / 'collector.db'}")
+    gw = gateways(GW1)
+
+    async def scenario() -> Ingest:
+        async with running(cfg) as ingest:
+            c = ingest.counters
+            gw.birth()
+            gw.publish(*range(1, 21))
+            await until(lambda: c.batches_stored == 20, 10, "stored before the restart")
+            gw.client.close()
+            await asyncio.to_thread(broker.restart)
+            await until(lambda: c.connections == 2, 15, "reconnected")
+            gw.client = MqttClient.connect(broker, gw.files)
+            gw.publish(*range(21, 41))
+            await until(lambda: c.batches_stored == 40, 10, "stored after the restart")
+        return ingest
+
+    ingest = asyncio.run(scenario())
+    assert ingest.counters.acked == ingest.counters.messages
+    storage = open_storage(cfg.collector.database)
+    try:
+        assert set(stored(storage)) == gw.expected(range(1, 41))
+    finally:
+        storage.close()
