@@ -21,9 +21,10 @@ until it receives our PUBACK; with a persistent session it is sent again on the 
 if the PUBACK never came (MQTT 5, 4.4). So the PUBACK must leave only after the data is durably
 committed. paho-mqtt 2.x can do that: with ``Client(manual_ack=True)`` it sends no PUBACK by
 itself and ``client.ack(mid, qos)`` sends one when we say so. aiomqtt 2 (the usual asyncio
-wrapper) does not expose that switch — it acknowledges as soon as its message iterator hands a
-message over, before anything could be stored — so this module drives paho directly on the
-event loop (``collector._mqtt``), the same way aiomqtt drives paho underneath. A group's
+wrapper over paho) does not expose that switch: its paho client acknowledges automatically, as
+soon as aiomqtt's callback has put the message in its internal queue — before the application
+has even seen it. So this module drives paho directly on the event loop (``collector._mqtt``),
+the way aiomqtt drives it underneath, with manual acknowledgement on. A group's
 messages are acknowledged after ``store()`` returned (SQLite: WAL with ``synchronous=FULL``;
 PostgreSQL: COMMIT), in the order they arrived (PUBACKs must follow the PUBLISH order), and
 only on the connection they came on (packet ids belong to a connection). A crash at any point
