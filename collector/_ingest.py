@@ -81,9 +81,8 @@ import logging
 import re
 import socket
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -97,10 +96,10 @@ from tenacity.wait import wait_random_exponential
 from protocol import topic, topic_filter
 from protocol._mqtt_tls import client_tls_context
 
+from ._ingest_stages import Prepared, Stages
 from ._ingest_state import Counters, GapWatch, GroupLookups
 from ._model import CollectorConfig
 from ._mqtt import Incoming, IngestLink, LinkError
-from ._records import Quarantined, VerifiedBatch
 from ._storage import Storage, StorageUnavailableError, open_storage
 from ._verify import Verifier
 
@@ -129,86 +128,6 @@ class IngestOptions:
     resend_interval: float = 60.0      # one request per range per this many seconds
     report_interval: float = 60.0      # counters logged at INFO this often
     disconnect_timeout: float = 5.0
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What one group's processing did (for the counters and the gap watch)."""
-
-    statuses: int = 0
-    batches: int = 0
-    readings: int = 0
-    duplicates: int = 0
-    quarantined: Counter[str] = field(default_factory=Counter)
-    gaps: set[tuple[str, str]] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """A group after verification, ready for its one ``store()``."""
-
-    group: list[Incoming]
-    token: int
-    verified: list[VerifiedBatch]
-    quarantined: list[Quarantined]
-    outcome: _Outcome
-
-
-@dataclass(slots=True)
-class _Stages:
-    """The two stages a group goes through, each called in a worker thread."""
-
-    writer: Storage
-    verifier: Verifier
-    lookups: GroupLookups
-
-    def verify(self, group: Sequence[Incoming], token: int) -> _Prepared:
-        """Verify each message; record statuses and pin certificates on the way (their own
-        short transactions, before the data that follows them is verified)."""
-        out = _Outcome()
-        verified: list[VerifiedBatch] = []
-        quarantined: list[Quarantined] = []
-        storage, verifier = self.writer, self.verifier
-        try:
-            for message in group:
-                if message.topic.endswith("/up/status"):
-                    record, pem = verifier.status(message.topic, message.payload)
-                    if isinstance(record, Quarantined):
-                        quarantined.append(record)
-                        continue
-                    if pem is not None:
-                        # A re-key (a pin exists and the verifier accepted the newer
-                        # certificate) replaces it; a first pin leaves a concurrent one be.
-                        replace = storage.pinned_certificate(record.unit, record.gateway) \
-                            is not None
-                        storage.pin_certificate(record.unit, record.gateway, pem,
-                                                replace=replace)
-                    storage.record_status(record)
-                    out.statuses += 1
-                    continue
-                result = verifier.batch(message.topic, message.payload)
-                if isinstance(result, Quarantined):
-                    quarantined.append(result)
-                elif result.chain == "duplicate":
-                    out.duplicates += 1
-                else:
-                    verified.append(result)
-                    self.lookups.add(token, result)
-                    if result.chain == "after_gap":
-                        out.gaps.add((result.unit, result.gateway))
-        except BaseException:
-            self.lookups.discard(token)
-            raise
-        out.batches = len(verified)
-        out.quarantined.update(q.kind for q in quarantined)
-        return _Prepared(list(group), token, verified, quarantined, out)
-
-    def store(self, prepared: _Prepared) -> int:
-        """ONE transaction: the group's new batches and quarantined messages; how many
-        readings were newly stored."""
-        if not prepared.verified and not prepared.quarantined:
-            return 0
-        return self.writer.store(prepared.verified, prepared.quarantined)
 
 
 async def run_collector(cfg: CollectorConfig, stop: asyncio.Event, *,
@@ -296,7 +215,7 @@ class Ingest:
             if reader is None:
                 return
             lookups = GroupLookups(reader)
-            stages = _Stages(writer, Verifier(self._trusted, lookups), lookups)
+            stages = Stages(writer, Verifier(self._trusted, lookups), lookups)
             await self._note_known_gaps(writer)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection(drained), name=f"{self.name}.connection")
@@ -395,7 +314,7 @@ class Ingest:
     # --- the consumer -------------------------------------------------------------------------
 
     async def _consume(self, stop: asyncio.Event, drained: asyncio.Event,
-                       stages: _Stages) -> None:
+                       stages: Stages) -> None:
         """Groups through two stages: group k+1 is verified while group k is stored; each
         group is acknowledged after its commit, and only after the group before it."""
         storing: asyncio.Task[bool] | None = None
@@ -453,8 +372,8 @@ class Ingest:
             log.info("%s: queue at %d: reading resumed", self.name, depth)
         return group
 
-    async def _verify(self, group: list[Incoming], token: int, stages: _Stages,
-                      stop: asyncio.Event) -> _Prepared | None:
+    async def _verify(self, group: list[Incoming], token: int, stages: Stages,
+                      stop: asyncio.Event) -> Prepared | None:
         """Stage 1 (worker thread): verify ``group``; None when stopped while the database
         was unavailable."""
         try:
@@ -465,7 +384,7 @@ class Ingest:
                         "the broker keeps them for the next run", self.name, len(group))
             return None
 
-    async def _store(self, prepared: _Prepared, stages: _Stages, stop: asyncio.Event) -> bool:
+    async def _store(self, prepared: Prepared, stages: Stages, stop: asyncio.Event) -> bool:
         """Stage 2 (worker thread): store the group in one transaction (again and again while
         the database is unavailable), then acknowledge it in arrival order. False when stopped
         before it could be stored (nothing acknowledged)."""

@@ -1,0 +1,99 @@
+"""The two stages a group of messages goes through in the ingest (``collector._ingest``), each
+called in a worker thread: :meth:`Stages.verify` (statuses recorded and certificates pinned on
+the way, batches verified against storage plus the groups in hand) and :meth:`Stages.store`
+(one transaction). Acknowledging is the ingest's business, after ``store`` returned.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ._ingest_state import GroupLookups
+from ._mqtt import Incoming
+from ._records import Quarantined, VerifiedBatch
+from ._storage import Storage
+from ._verify import Verifier
+
+__all__ = ["Outcome", "Prepared", "Stages"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one group's processing did (for the counters and the gap watch)."""
+
+    statuses: int = 0
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    gaps: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A group after verification, ready for its one ``store()``."""
+
+    group: list[Incoming]
+    token: int
+    verified: list[VerifiedBatch]
+    quarantined: list[Quarantined]
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class Stages:
+    """The two stages a group goes through, each called in a worker thread."""
+
+    writer: Storage
+    verifier: Verifier
+    lookups: GroupLookups
+
+    def verify(self, group: Sequence[Incoming], token: int) -> Prepared:
+        """Verify each message; record statuses and pin certificates on the way (their own
+        short transactions, before the data that follows them is verified)."""
+        out = Outcome()
+        verified: list[VerifiedBatch] = []
+        quarantined: list[Quarantined] = []
+        storage, verifier = self.writer, self.verifier
+        try:
+            for message in group:
+                if message.topic.endswith("/up/status"):
+                    record, pem = verifier.status(message.topic, message.payload)
+                    if isinstance(record, Quarantined):
+                        quarantined.append(record)
+                        continue
+                    if pem is not None:
+                        # A re-key (a pin exists and the verifier accepted the newer
+                        # certificate) replaces it; a first pin leaves a concurrent one be.
+                        replace = storage.pinned_certificate(record.unit, record.gateway) \
+                            is not None
+                        storage.pin_certificate(record.unit, record.gateway, pem,
+                                                replace=replace)
+                    storage.record_status(record)
+                    out.statuses += 1
+                    continue
+                result = verifier.batch(message.topic, message.payload)
+                if isinstance(result, Quarantined):
+                    quarantined.append(result)
+                elif result.chain == "duplicate":
+                    out.duplicates += 1
+                else:
+                    verified.append(result)
+                    self.lookups.add(token, result)
+                    if result.chain == "after_gap":
+                        out.gaps.add((result.unit, result.gateway))
+        except BaseException:
+            self.lookups.discard(token)
+            raise
+        out.batches = len(verified)
+        out.quarantined.update(q.kind for q in quarantined)
+        return Prepared(list(group), token, verified, quarantined, out)
+
+    def store(self, prepared: Prepared) -> int:
+        """ONE transaction: the group's new batches and quarantined messages; how many
+        readings were newly stored."""
+        if not prepared.verified and not prepared.quarantined:
+            return 0
+        return self.writer.store(prepared.verified, prepared.quarantined)
