@@ -3,11 +3,11 @@
 One :class:`IngestLink` is one connection attempt and, once CONNACK arrived, the session on
 it; reconnecting (with back-off) is the ingest's business, with a new ``IngestLink`` each time.
 
-How it runs: ``paho.Client.connect`` (TCP connect, TLS handshake, CONNECT queued) blocks, so it
-runs once in the default executor. From then on everything happens in the event loop's thread:
-paho's socket callbacks register the socket with ``loop.add_reader``/``add_writer`` (paho's
-"external event loop" mode), and :meth:`IngestLink.watch` calls ``loop_misc`` (paho's
-keepalive) and drops a link from which nothing arrived for 1.5 x keepalive.
+How it runs — ``paho.Client.connect`` once in the default executor, then the socket registered
+with ``loop.add_reader``/``add_writer`` (paho's "external event loop" mode), and
+:meth:`IngestLink.watch` calling ``loop_misc`` (paho's keepalive) and dropping a link from which
+nothing arrived for 1.5 x keepalive — is shared with the gateway and lives in
+``protocol._mqtt_loop``.
 
 Acknowledgement: the client is built with ``manual_ack=True``, so paho sends no PUBACK by itself;
 :meth:`IngestLink.ack` sends the PUBACK of a QoS 1 message when the ingest says so (after the
@@ -30,36 +30,20 @@ Flow control, two layers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import logging
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from protocol._mqtt_tls import ClientTlsContext, describe_tls_error
+from protocol._mqtt_loop import PahoLoopLink
+from protocol._mqtt_tls import ClientTlsContext
 
 __all__ = ["Incoming", "IngestLink", "LinkError"]
-
-log = logging.getLogger(__name__)
-
-#: A link is dropped after this many keepalive intervals without a byte from the broker (a
-#: healthy broker answers a PINGREQ sent at most one keepalive after the previous traffic).
-SILENCE_FACTOR = 1.5
-#: Reads of data TLS already decrypted, per readable event (bounded so one busy link cannot
-#: keep the event loop to itself).
-_PENDING_READS = 1000
 
 
 class LinkError(Exception):
@@ -81,109 +65,26 @@ class Incoming:
     link: IngestLink
 
 
-class _LastWarning(logging.Handler):
-    """Keeps paho's last warning (e.g. the TLS alert behind "failed to receive on socket") so
-    a lost connection can say why, without paho logging on its own."""
+class IngestLink(PahoLoopLink[bool]):
+    """One MQTT 5 connection of the collector (see the module docstring).
 
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
-
-
-class IngestLink:
-    """One MQTT 5 connection of the collector (see the module docstring)."""
+    :meth:`connect` returns CONNACK's session-present flag; the session is persistent (clean
+    start off, expiry ``session_expiry`` seconds; MQTT 5, 3.1.2.4 and 3.1.2.11.2).
+    """
 
     def __init__(self, *, name: str, host: str, port: int, client_id: str, keepalive: int,
                  tls: ClientTlsContext | None, session_expiry: int, receive_maximum: int,
                  on_message: Callable[[Incoming], None]) -> None:
-        self.name = name
-        self._host, self._port = host, port
-        self._keepalive = keepalive
-        self._session_expiry = session_expiry
-        self._receive_maximum = receive_maximum
+        super().__init__(name=name, host=host, port=port, client_id=client_id,
+                         keepalive=keepalive, tls=tls, session_expiry=session_expiry,
+                         receive_maximum=receive_maximum)
         self._on_message = on_message
-        self._tls = tls
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        self._connack: asyncio.Future[bool] = self._loop.create_future()
-        self._closed: asyncio.Future[str] = self._loop.create_future()
-        self._suback: dict[int, asyncio.Future[list[ReasonCode]]] = {}
-        self._sock: socket.socket | None = None
-        self._writing = False
-        self._paused = False
-        self.last_in = time.monotonic()
-        self._warnings = _LastWarning()
-        paho_log = logging.Logger(f"{__name__}.paho[{name}]", logging.WARNING)
-        paho_log.propagate = False
-        paho_log.addHandler(self._warnings)
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True,
-                             reconnect_on_failure=False)
-        client.enable_logger(paho_log)
-        if tls is not None:
-            client.tls_set_context(tls)
-        client.on_connect = self._cb_connect
-        client.on_disconnect = self._cb_disconnect
-        client.on_message = self._cb_message
-        client.on_subscribe = self._cb_subscribe
-        client.on_socket_open = self._cb_socket_open
-        client.on_socket_close = self._cb_socket_close
-        client.on_socket_register_write = self._cb_register_write
-        client.on_socket_unregister_write = self._cb_unregister_write
-        self._client = client
 
     # --- the ingest's side -------------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        """CONNACK received and the connection not ended."""
-        return self._connack.done() and not self._connack.cancelled() \
-            and self._connack.exception() is None and not self._closed.done()
-
-    @property
     def paused(self) -> bool:
         return self._paused
-
-    async def connect(self, seconds: float) -> bool:
-        """TCP, TLS and CONNECT/CONNACK within ``seconds``; returns CONNACK's session-present
-        flag; ``LinkError`` otherwise. The session is persistent: clean start off, expiry
-        ``session_expiry`` seconds (MQTT 5, 3.1.2.4 and 3.1.2.11.2)."""
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry
-        props.ReceiveMaximum = self._receive_maximum
-        self._client.connect_timeout = seconds
-        call = functools.partial(self._client.connect, self._host, self._port,
-                                 keepalive=self._keepalive, clean_start=False, properties=props)
-        pending = self._loop.run_in_executor(None, call)
-        try:
-            await pending
-        except asyncio.CancelledError:
-            # The blocking connect goes on in its thread; close whatever it opens.
-            pending.add_done_callback(lambda _f: self.abort("cancelled"))
-            raise
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            self.abort("TLS handshake failed")
-            raise LinkError(describe_tls_error(exc)) from None
-        except OSError as exc:
-            self.abort("cannot connect")
-            detail = exc.strerror or str(exc) or type(exc).__name__
-            raise LinkError(f"cannot connect to {self._host}:{self._port}: {detail}") from None
-        try:
-            async with asyncio.timeout(seconds):
-                ends: set[asyncio.Future[Any]] = {self._connack, self._closed}
-                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            self.abort("no CONNACK")
-            raise LinkError(f"no CONNACK from {self._host}:{self._port} within {seconds:g} s") \
-                from None
-        if self._connack.done():
-            return self._connack.result()            # raises LinkError for a refusal
-        self.abort("closed before CONNACK")
-        raise LinkError(self._before_connack_reason())
 
     async def subscribe(self, filters: Sequence[tuple[str, SubscribeOptions]],
                         seconds: float) -> None:
@@ -242,155 +143,14 @@ class IngestLink:
             self._loop.add_reader(self._sock, self._readable)
             self._loop.call_soon(self._readable)
 
-    async def watch(self) -> NoReturn:
-        """Keep the connection alive (paho's keepalive, the silence watchdog) until it ends;
-        then raise ``LinkError`` with the reason."""
-        tick = min(0.5, self._keepalive / 20) if self._keepalive > 0 else 0.5
-        limit = SILENCE_FACTOR * self._keepalive
-        while True:
-            await asyncio.wait({self._closed}, timeout=tick)
-            if self._closed.done():
-                raise LinkError(self._closed.result())
-            self._client.loop_misc()
-            silent = time.monotonic() - self.last_in
-            if self._keepalive > 0 and not self._paused and silent > limit \
-                    and not self._closed.done():
-                self.abort(f"nothing received from the broker for {silent:.1f} s "
-                           f"(keepalive {self._keepalive} s)")
+    # --- the hooks of PahoLoopLink -----------------------------------------------------------
 
-    async def disconnect(self, seconds: float) -> None:
-        """A normal DISCONNECT (the session stays: it has an expiry), then close."""
-        if self.connected:
-            self._client.disconnect()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await asyncio.shield(self._closed)
-        self.abort("disconnected")
+    def _connack_value(self, flags: mqtt.ConnectFlags, properties: Properties | None) -> bool:
+        return bool(flags.session_present)
 
-    def abort(self, reason: str) -> None:
-        """Close the socket now, without DISCONNECT."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            self._forget(sock)
-            with contextlib.suppress(OSError):
-                sock.close()
-        if self._tls is not None:
-            self._tls.close_sockets()    # also one a failed connect left open
-        if not self._closed.done():
-            self._closed.set_result(reason)
+    def _link_error(self, reason: str, *, connected: bool) -> LinkError:
+        return LinkError(reason)
 
-    # --- paho's callbacks (event loop thread, except during connect) -------------------------
-
-    def _in_loop(self, func: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._thread:
-            func(*args)
-        else:
-            self._loop.call_soon_threadsafe(func, *args)
-
-    def _cb_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._in_loop(self._watch_socket, sock)
-
-    def _watch_socket(self, sock: socket.socket) -> None:
-        if self._closed.done():
-            sock.close()
-            return
-        self._sock = sock
-        self.last_in = time.monotonic()
-        if not self._paused:
-            self._loop.add_reader(sock, self._readable)
-        if self._client.want_write():
-            self._register_write(sock)
-
-    def _cb_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        # paho closes the socket right after this returns: unregister it first (only a socket
-        # this loop watches, in the loop's thread; the executor's connect registered none yet).
-        current = self._sock
-        if current is not None and sock is current:
-            self._sock = None
-            self._forget(current)
-
-    def _forget(self, sock: socket.socket) -> None:
-        if sock.fileno() >= 0:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-        self._writing = False
-
-    def _cb_register_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._in_loop(self._register_write, sock)
-
-    def _register_write(self, sock: socket.socket) -> None:
-        if sock is self._sock and not self._writing:
-            self._writing = True
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _cb_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._in_loop(self._unregister_write, sock)
-
-    def _unregister_write(self, sock: socket.socket) -> None:
-        if self._writing and sock is self._sock:
-            self._writing = False
-            self._loop.remove_writer(sock)
-
-    def _readable(self) -> None:
-        if self._paused or self._sock is None:
-            return
-        self.last_in = time.monotonic()
-        self._client.loop_read()
-        # TLS may hold decrypted bytes the selector cannot see: read them now, unless a
-        # message just made the ingest pause.
-        for _ in range(_PENDING_READS):
-            sock = self._client.socket()
-            if self._paused or sock is None or sock is not self._sock \
-                    or not isinstance(sock, ssl.SSLSocket) or sock.pending() == 0:
-                return
-            self._client.loop_read()
-        if not self._paused:
-            self._loop.call_soon(self._readable)     # more pending: continue after others
-
-    def _cb_connect(self, _c: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags,
-                    reason: ReasonCode, _p: Properties | None) -> None:
-        if self._connack.done():
-            return
-        if reason.is_failure:
-            self._connack.set_exception(LinkError(
-                f"the broker refused the connection: {reason} (0x{reason.value:02x})"))
-            return
-        self._connack.set_result(bool(flags.session_present))
-
-    def _cb_disconnect(self, _c: mqtt.Client, _u: Any, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, _p: Properties | None) -> None:
-        if flags.is_disconnect_packet_from_server:
-            text = f"the broker disconnected us: {reason} (0x{reason.value:02x})"
-        else:
-            text = f"connection lost: {self._warnings.last or reason}"
-        self._in_loop(self._set_closed, text)
-
-    def _set_closed(self, text: str) -> None:
-        if not self._closed.done():
-            self._closed.set_result(text)
-        if not self._connack.done():
-            self._connack.set_exception(LinkError(self._before_connack_reason()))
-            self._connack.exception()    # retrieved: connect() reports it from _closed
-
-    def _before_connack_reason(self) -> str:
-        detail = self._warnings.last or (self._closed.result() if self._closed.done() else "")
-        if "SSL" in detail or "alert" in detail:
-            # TLS 1.3: the broker checks our certificate after our side of the handshake has
-            # finished, so its refusal (an alert) arrives while we wait for CONNACK.
-            alert = detail.rsplit("]", 1)[-1].split("(_ssl")[0].strip() or detail
-            return f"TLS handshake failed: the broker refused our certificate ({alert})"
-        return f"connection closed before CONNACK: {detail or 'no reason given'}"
-
-    def _cb_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self.last_in = time.monotonic()
-        try:
-            self._on_message(Incoming(message.topic, bytes(message.payload), message.mid,
-                                      message.qos, self))
-        except Exception:
-            log.exception("%s: message handler failed", self.name)
-
-    def _cb_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: list[ReasonCode],
-                      _p: Properties | None) -> None:
-        future = self._suback.get(mid)
-        if future is not None and not future.done():
-            future.set_result(reasons)
+    def _deliver(self, message: mqtt.MQTTMessage) -> None:
+        self._on_message(Incoming(message.topic, bytes(message.payload), message.mid,
+                                  message.qos, self))
