@@ -15,14 +15,13 @@ import os
 import signal
 import sys
 import unicodedata
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import click
-from click.decorators import FC
 
-from protocol import Period, from_ms, parse_time
+from protocol import Period, from_ms
+from protocol._cli import BadInput, Failure, one_line, run_async, time_option
 
 from ._config import ConfigError, load_config
 from ._model import CollectorConfig
@@ -31,46 +30,6 @@ from ._storage import GatewayRow, Storage, StorageError, open_storage, redact_ur
 __all__ = ["collector_group"]
 
 log = logging.getLogger(__name__)
-
-
-class BadInput(click.ClickException):
-    """Bad configuration or input: exit 2 with one line."""
-
-    exit_code = 2
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class Failure(click.ClickException):
-    """A runtime failure: exit 1 with one line."""
-
-    exit_code = 1
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def run_async(main: Coroutine[Any, Any, None], expected: tuple[type[Exception], ...]) -> None:
-    """Run ``main``; an ``expected`` failure (also from inside a task group) becomes one line
-    and exit 1. Anything else is a bug and keeps its traceback."""
-    try:
-        asyncio.run(main)
-    except expected as exc:
-        raise Failure(_one_line(exc)) from None
-    except ExceptionGroup as group:
-        matched = group.split(expected)[0]
-        if matched is None:
-            raise
-        first: BaseException = matched
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise Failure(_one_line(first)) from None
 
 
 def _load(path: str) -> CollectorConfig:
@@ -93,7 +52,7 @@ def _open_existing(cfg: CollectorConfig) -> Iterator[Storage]:
     try:
         storage = open_storage(url)
     except StorageError as exc:
-        raise Failure(_one_line(exc)) from None
+        raise Failure(one_line(exc)) from None
     try:
         yield storage
     finally:
@@ -103,17 +62,6 @@ def _open_existing(cfg: CollectorConfig) -> Iterator[Storage]:
 _config_option = click.option(
     "-c", "--config", "config_path", required=True, metavar="FILE",
     help="The collector configuration (TOML).")
-
-
-def _time_option(name: str, help_: str) -> Callable[[FC], FC]:
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-        if value is None:
-            return None
-        try:
-            return parse_time(value)
-        except ValueError as exc:
-            raise BadInput(f"{name}: {exc}") from None
-    return click.option(name, metavar="T", callback=convert, help=help_)
 
 
 @click.group("collector")
@@ -143,7 +91,7 @@ def _check_certificates(cfg: CollectorConfig) -> list[str]:
         try:
             certs = x509.load_pem_x509_certificates(path.read_bytes())
         except (OSError, ValueError) as exc:
-            raise BadInput(f"{where}: {path} holds no PEM certificate ({_one_line(exc)})"
+            raise BadInput(f"{where}: {path} holds no PEM certificate ({one_line(exc)})"
                            ) from None
         for cert in certs:
             try:
@@ -164,12 +112,12 @@ def _check_certificates(cfg: CollectorConfig) -> list[str]:
             cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
         except (OSError, ValueError) as exc:
             raise BadInput(f"{cfg.source}: {key}.cert_file: {cert_file} is not a PEM "
-                           f"certificate ({_one_line(exc)})") from None
+                           f"certificate ({one_line(exc)})") from None
         try:
             private = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
             raise BadInput(f"{cfg.source}: {key}.key_file: {key_file} is not an unencrypted "
-                           f"PEM private key ({_one_line(exc)})") from None
+                           f"PEM private key ({one_line(exc)})") from None
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
         pem = serialization.Encoding.PEM
         if private.public_key().public_bytes(pem, spki) != cert.public_key().public_bytes(
@@ -206,7 +154,7 @@ def check_command(config_path: str) -> None:
     try:
         storage = open_storage(c.database)
     except StorageError as exc:
-        raise Failure(_one_line(exc)) from None
+        raise Failure(one_line(exc)) from None
     storage.close()
     click.echo(f"database: {redact_url(c.database)}: reachable, schema up to date")
 
@@ -241,7 +189,7 @@ def run_command(config_path: str) -> None:
     # run_collector's documented failures: StorageError (a database that cannot be used; one
     # that is only unavailable is waited out), ValueError/OSError (unusable certificates, which
     # _check_certificates has already refused with exit 2), LinkError (the broker)
-    run_async(main(), (OSError, StorageError, LinkError, ValueError))
+    run_async(main(), OSError, StorageError, LinkError, ValueError)
 
 
 # ---------------------------------------------------------------- readings
@@ -253,8 +201,8 @@ def run_command(config_path: str) -> None:
 @click.option("--point", metavar="CODE", help="Only this point code.")
 @click.option("--period", type=click.Choice([p.value for p in Period]),
               help="Only this period (instant, 15min, hour, day, month).")
-@_time_option("--since", "From this time (RFC 3339; no offset means China Standard Time).")
-@_time_option("--until", "Before this time.")
+@time_option("--since", "From this time (RFC 3339; no offset means China Standard Time).")
+@time_option("--until", "Before this time.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many readings.")
 def readings_command(config_path: str, unit: str | None, gateway: str | None,
                      point: str | None, period: str | None, since: int | None,
@@ -278,7 +226,7 @@ def readings_command(config_path: str, unit: str | None, gateway: str | None,
                 out.write(json.dumps(r.to_json_dict(), ensure_ascii=False) + "\n")
             out.flush()
         except StorageError as exc:
-            raise Failure(_one_line(exc)) from None
+            raise Failure(one_line(exc)) from None
         except BrokenPipeError:
             # the reader went away (``| head``): stop quietly, and keep Python from
             # complaining when it flushes stdout at exit
@@ -362,7 +310,7 @@ def status_command(config_path: str, as_json: bool) -> None:
             rows = storage.gateways()
             quarantine = storage.quarantine_counts()
         except StorageError as exc:
-            raise Failure(_one_line(exc)) from None
+            raise Failure(one_line(exc)) from None
     if as_json:
         click.echo(json.dumps({"gateways": [r.to_json_dict() for r in rows],
                                "quarantine": quarantine}, ensure_ascii=False))

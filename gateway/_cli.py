@@ -11,14 +11,14 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
-from click.decorators import FC
 
-from protocol import Period, parse_time
+from protocol import Period
+from protocol._cli import BadInput, Failure, run_async, time_option
 
 from ._config import load_config
 from ._errors import ConfigError
@@ -28,42 +28,6 @@ from ._sizing import estimate_store
 __all__ = ["gateway_group"]
 
 log = logging.getLogger(__name__)
-
-
-class BadInput(click.ClickException):
-    """Bad configuration or input: exit 2 with one line."""
-
-    exit_code = 2
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class Failure(click.ClickException):
-    """A runtime failure: exit 1 with one line."""
-
-    exit_code = 1
-
-    def show(self, file: object = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def run_async(main: Coroutine[Any, Any, None], *expected: type[Exception]) -> None:
-    """Run ``main``; an ``expected`` failure (also inside a task group) becomes one line, exit 1.
-    Anything else is a bug and keeps its traceback."""
-    kinds: tuple[type[Exception], ...] = (OSError, *expected)
-    try:
-        asyncio.run(main)
-    except kinds as exc:
-        raise Failure(str(exc)) from None
-    except ExceptionGroup as group:
-        match: ExceptionGroup[Exception] | None = group.split(kinds)[0]
-        if match is None:
-            raise
-        first: BaseException = match
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise Failure(str(first)) from None
 
 
 def _load(path: str) -> GatewayConfig:
@@ -76,17 +40,6 @@ def _load(path: str) -> GatewayConfig:
 _config_option = click.option(
     "-c", "--config", "config_path", required=True, metavar="FILE",
     help="The gateway configuration (TOML).")
-
-
-def _time_option(name: str, help_: str) -> Callable[[FC], FC]:
-    def convert(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-        if value is None:
-            return None
-        try:
-            return parse_time(value)
-        except ValueError as exc:
-            raise BadInput(f"{param.opts[0]}: {exc}") from None
-    return click.option(name, metavar="T", callback=convert, help=help_)
 
 
 @click.group("gateway")
@@ -186,8 +139,8 @@ def _open_store(cfg: GatewayConfig) -> Iterator[object]:
 @click.option("--point", "point", metavar="CODE", help="Only this point code.")
 @click.option("--period", type=click.Choice([p.value for p in Period]),
               help="Only this period (instant, 15min, hour, day, month).")
-@_time_option("--since", "From this time (RFC 3339; no offset means China Standard Time).")
-@_time_option("--until", "Before this time.")
+@time_option("--since", "From this time (RFC 3339; no offset means China Standard Time).")
+@time_option("--until", "Before this time.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many readings.")
 def readings_command(config_path: str, point: str | None, period: str | None,
                      since: int | None, until: int | None, limit: int | None) -> None:

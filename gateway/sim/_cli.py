@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from .._cli import BadInput, run_async
+from protocol._cli import BadInput, run_async
+
 from .._config import load_config
 from .._errors import ConfigError
 from .._model import BusConfig, GatewayConfig
