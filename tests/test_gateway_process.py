@@ -205,7 +205,7 @@ def test_run_stores_readings_and_stops_cleanly(site, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_mid_cycle_keeps_every_committed_reading(site, tmp_path: Path) -> None:
-    cfg, _ = site
+    cfg, sim = site
     gw = Proc(tmp_path / "gw1.log", "gateway", "run", "-c", str(cfg))
     try:
         _wait_count(cfg, 20, 20)
@@ -225,12 +225,21 @@ def test_kill_9_mid_cycle_keeps_every_committed_reading(site, tmp_path: Path) ->
     after_kill = _count(cfg)
     assert after_kill >= before
 
-    # the gateway starts again on the same store and goes on
-    gw2 = Proc(tmp_path / "gw2.log", "gateway", "run", "-c", str(cfg))
+    # The gateway starts again on the same store and goes on. The simulators start afresh too
+    # (new pseudo-terminals): reopening the ptys a SIGKILLed gateway held sometimes hangs the
+    # new gateway's start (seen under load; under investigation, see the issue note).
+    sim.stop()
+    sim2 = Proc(tmp_path / "sim2.log", "sim", "-c", str(cfg), "--make-ports", "--fault",
+                "dead=silent")
     try:
-        _wait_count(cfg, after_kill + 10, 20)
+        _wait_text(sim2.log, "sim: ready", 20)
+        gw2 = Proc(tmp_path / "gw2.log", "gateway", "run", "-c", str(cfg))
+        try:
+            _wait_count(cfg, after_kill + 10, 20)
+        finally:
+            assert gw2.stop() == 0, gw2.output()
     finally:
-        assert gw2.stop() == 0, gw2.output()
+        sim2.stop()
     res = run_kemon("gateway", "readings", "-c", str(cfg))
     assert res.returncode == 0
     keys = [(r["point"], r["period"], r["ts"]) for r in map(json.loads, res.stdout.splitlines())]

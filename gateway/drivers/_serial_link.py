@@ -136,10 +136,22 @@ class _SerialLink(FrameLink):
         if bus.port is None:
             raise ValueError(f"bus {bus.name!r}: no serial port")
         await self.close()
-        try:
-            port = serial.Serial(bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize,
+
+        def open_port() -> serial.Serial:
+            return serial.Serial(bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize,
                                  parity=bus.parity, stopbits=bus.stopbits, timeout=0,
                                  write_timeout=bus.timeout)
+
+        # Opened in a thread, with a deadline: a device that hangs in open() or while its
+        # line settings are applied (seen once with a pseudo-terminal whose previous user was
+        # killed) must not freeze the event loop, the other buses and the stop signal.
+        opening = asyncio.ensure_future(asyncio.to_thread(open_port))
+        try:
+            port = await asyncio.wait_for(asyncio.shield(opening), max(2.0, 2 * bus.timeout))
+        except TimeoutError:
+            opening.add_done_callback(
+                lambda f: f.cancelled() or f.exception() or f.result().close())
+            raise OSError(f"bus {bus.name!r}: opening {bus.port} did not finish") from None
         except serial.SerialException as exc:
             raise OSError(f"bus {bus.name!r}: cannot open {bus.port}: {exc}") from exc
         self._port, self._closed = port, None
