@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,7 +396,7 @@ def readings_query(*, unit: str | None, gateway: str | None, point: str | None,
     return sql, args
 
 
-class SqlStorage:
+class SqlStorage(ABC):
     """The read-side methods both back ends share (SQL with ``?`` placeholders); a back end
     supplies :meth:`_rows` and the writes. Calls are serialized by ``_lock``."""
 
@@ -405,9 +406,9 @@ class SqlStorage:
         self.url = url
         self._lock = threading.RLock()
 
+    @abstractmethod
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read-only query; its rows."""
-        raise NotImplementedError
 
     def pinned_certificate(self, unit: str, gateway: str) -> str | None:
         rows = self._rows("SELECT c.pem FROM certificate_pin c JOIN gateway g "
