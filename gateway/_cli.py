@@ -24,6 +24,7 @@ from ._config import load_config
 from ._errors import ConfigError
 from ._model import GatewayConfig
 from ._sizing import estimate_store
+from ._store import Store, StoreError
 
 __all__ = ["gateway_group"]
 
@@ -103,7 +104,6 @@ def run_command(config_path: str) -> None:
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
     from ._runner import Gateway
-    from ._store import StoreError
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -118,8 +118,7 @@ def run_command(config_path: str) -> None:
 
 
 @contextmanager
-def _open_store(cfg: GatewayConfig) -> Iterator[object]:
-    from ._store import Store, StoreError
+def _open_store(cfg: GatewayConfig) -> Iterator[Store]:
 
     path = cfg.gateway.data_dir / "store.db"
     if not path.exists():
@@ -154,7 +153,7 @@ def readings_command(config_path: str, point: str | None, period: str | None,
     cfg = _load(config_path)
     out = sys.stdout
     with _open_store(cfg) as store:
-        for r in store.query(point=point,  # type: ignore[attr-defined]
+        for r in store.query(point=point,
                              period=Period(period) if period else None,
                              since_ms=since, until_ms=until, limit=limit):
             out.write(json.dumps(r.to_json_dict(), ensure_ascii=False) + "\n")
@@ -180,9 +179,9 @@ def backlog_command(config_path: str) -> None:
     state: dict[str, Any] = {}
     if path.exists():
         with _open_store(cfg) as store:
-            state = {key: store.load_state(key)  # type: ignore[attr-defined]
+            state = {key: store.load_state(key)
                      for key in ("outbox.last", "uplinks")}
-            cursors = {d.name: store.load_state(f"cursor.{d.name}")  # type: ignore[attr-defined]
+            cursors = {d.name: store.load_state(f"cursor.{d.name}")
                        for d in cfg.destinations}
     else:
         cursors = {}
@@ -213,7 +212,7 @@ def meters_command(config_path: str) -> None:
     """
     cfg = _load(config_path)
     with _open_store(cfg) as store:
-        state = store.load_state("meters") or {}  # type: ignore[attr-defined]
+        state = store.load_state("meters") or {}
     for meter in cfg.meters:
         stats = state.get(meter.bus, {}).get(meter.name, {})
         click.echo(json.dumps({"meter": meter.name, "bus": meter.bus, **stats}))

@@ -18,6 +18,7 @@ cursors move past the evicted batches (they cannot be sent any more).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -239,6 +240,4 @@ class Outbox:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, separators=(",", ":"))
