@@ -10,7 +10,7 @@ MQTT 5, never loses one, and comes back after every network failure.
      ├─ downlink            down/# → on_downlink(kind, payload), then PUBACK
      └─ wake                the caller's ``wake`` event → publisher
 
-Client library: paho-mqtt 2.x driven by this event loop (``gateway._mqtt_link`` says why not
+Client library: paho-mqtt 2.x driven by this event loop (``protocol._mqtt_publish`` says why not
 aiomqtt: it would count a refused PUBACK as delivered and waits for each PUBACK in turn).
 
 PUBACK tracking: every PUBLISH's packet id maps to the batch it carries. Batches go out in seq
@@ -42,12 +42,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_random_exponential
 
 from protocol import parse_topic, topic, topic_filter
+from protocol._mqtt_publish import LinkError, MqttLink
 from protocol._mqtt_tls import client_tls_context
+from protocol._publish_flow import AckWindow, TokenBucket
 
 from ._model import DestinationConfig
-from ._mqtt_link import LinkError, MqttLink
 from ._outbox_api import OutboxLike
-from ._uplink_flow import AckWindow, TokenBucket
 
 __all__ = ["Uplink"]
 

@@ -1,6 +1,6 @@
 """One MQTT 5 connection: a paho-mqtt 2.x client driven by the asyncio event loop, no thread.
 
-The mechanism the gateway's uplink (``gateway._mqtt_link``) and the collector's ingest
+The mechanism the gateway's uplink (``protocol._mqtt_publish``) and the collector's ingest
 (``collector._mqtt``) share; each subclasses :class:`PahoLoopLink` for what differs (what CONNACK
 yields, the error type, what becomes of a received message, PUBACK tracking, pausing).
 

@@ -23,7 +23,7 @@ import pytest
 
 from gateway._model import DestinationConfig
 from gateway._uplink import Uplink
-from gateway._uplink_flow import AckWindow, TokenBucket
+from protocol._publish_flow import AckWindow, TokenBucket
 from tests.brokers import Broker, ClientFiles, Message, MqttClient, Pki, make_pki
 from tests.conftest import UNIT
 from tests.netproxy import TcpProxy
