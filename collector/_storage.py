@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote
 
 from protocol import Period, to_rfc3339
@@ -44,6 +44,7 @@ from ._schema import PERIOD_CODES
 
 __all__ = [
     "GatewayRow",
+    "RelayBatch",
     "Storage",
     "StorageError",
     "StorageURLError",
@@ -97,6 +98,29 @@ class StoredReading:
             "value": self.value,
             "quality": self.quality,
         }
+
+
+class RelayBatch(NamedTuple):
+    """A stored batch as the relay sends it on: ``id`` its row id (the relay cursor's unit),
+    ``via`` the relay path it came through (names, oldest first), ``payload`` the sealed
+    bytes exactly as received."""
+
+    id: int
+    unit: str
+    gateway: str
+    seq: int
+    via: tuple[str, ...]
+    payload: bytes
+
+
+_RELAY_SELECT = ("SELECT b.id, g.unit, g.gateway, b.seq, b.via, b.payload FROM batch b "
+                 "JOIN gateway g ON g.id = b.gateway_id ")
+
+
+def _relay_batch(row: Sequence[Any]) -> RelayBatch:
+    i, unit, gateway, seq, via, payload = row
+    return RelayBatch(int(i), str(unit), str(gateway), int(seq), tuple(str(via).split()),
+                      bytes(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +221,16 @@ class Storage(Protocol):
         ...
 
     def relay_batches_after(self, upstream: str, after_id: int,
-                            limit: int) -> list[tuple[int, bytes]]:
+                            limit: int) -> list[RelayBatch]:
         """Up to ``limit`` stored batches with a row id above ``after_id``, in arrival order
         (row ids only grow, and a batch becomes visible only after every lower id is
-        visible or never will be): (row id, sealed bytes exactly as received)."""
+        visible or never will be), with the sealed bytes exactly as received."""
+        ...
+
+    def stored_batches(self, unit: str, gateway: str, from_seq: int, to_seq: int,
+                       limit: int) -> list[RelayBatch]:
+        """Up to ``limit`` stored batches of one gateway with ``from_seq <= seq <= to_seq``,
+        by seq (a resend request from the next level is answered from these)."""
         ...
 
     def relay_cursor(self, upstream: str) -> int:
@@ -459,10 +489,17 @@ class SqlStorage(ABC):
         return {str(kind): int(n) for kind, n in rows}
 
     def relay_batches_after(self, upstream: str, after_id: int,
-                            limit: int) -> list[tuple[int, bytes]]:
-        rows = self._rows("SELECT id, payload FROM batch WHERE id > ? ORDER BY id LIMIT ?",
+                            limit: int) -> list[RelayBatch]:
+        rows = self._rows(_RELAY_SELECT + "WHERE b.id > ? ORDER BY b.id LIMIT ?",
                           (after_id, limit))
-        return [(int(i), bytes(p)) for i, p in rows]
+        return [_relay_batch(row) for row in rows]
+
+    def stored_batches(self, unit: str, gateway: str, from_seq: int, to_seq: int,
+                       limit: int) -> list[RelayBatch]:
+        rows = self._rows(_RELAY_SELECT + "WHERE g.unit = ? AND g.gateway = ? "
+                          "AND b.seq BETWEEN ? AND ? ORDER BY b.seq LIMIT ?",
+                          (unit, gateway, from_seq, to_seq, limit))
+        return [_relay_batch(row) for row in rows]
 
     def relay_cursor(self, upstream: str) -> int:
         rows = self._rows("SELECT after_id FROM relay_cursor WHERE upstream = ?", (upstream,))

@@ -106,7 +106,7 @@ def test_same_batch_twice_is_stored_once(storage: Storage) -> None:
     [row] = storage.gateways()
     assert (row.batches, row.readings, row.quarantined) == (1, 5, 0)
     assert storage.quarantine_counts() == {}
-    assert [i for i, _ in storage.relay_batches_after("n", 0, 10)] == [1]
+    assert [b.id for b in storage.relay_batches_after("n", 0, 10)] == [1]
 
 
 def test_duplicate_within_one_call_is_stored_once(storage: Storage) -> None:
@@ -313,19 +313,26 @@ def test_readings_stream_beside_writes(storage: Storage) -> None:
 def test_relay_batches_in_arrival_order_and_cursor_durable(db_url: str) -> None:
     s = open_storage(db_url)
     try:
-        vbs = [sealed(seq, readings(points(2), [T0 + seq])) for seq in (5, 1, 3)]
+        vbs = [sealed(seq, readings(points(2), [T0 + seq]), via=("320000", "x") if seq == 3 else ())
+               for seq in (5, 1, 3)]
         for vb in vbs:
             s.store([vb])
         s.store([vbs[0]])                       # a duplicate adds no row
         got = s.relay_batches_after("national", 0, 10)
-        assert [p for _, p in got] == [vb.payload for vb in vbs]     # unchanged bytes
-        ids = [i for i, _ in got]
+        assert [b.payload for b in got] == [vb.payload for vb in vbs]     # unchanged bytes
+        assert [(b.unit, b.gateway, b.seq, b.via) for b in got] == [
+            (vb.unit, vb.gateway, vb.seq, vb.via) for vb in vbs]
+        ids = [b.id for b in got]
         assert ids == sorted(ids)
         assert s.relay_batches_after("national", ids[0], 1) == [got[1]]
         assert s.relay_cursor("national") == 0
         s.relay_ack("national", ids[1])
         s.relay_ack("national", ids[0])          # never moves back
         s.relay_ack("backup", ids[2])
+        # a resend request from the next level is answered by seq
+        assert [b.seq for b in s.stored_batches(vbs[0].unit, vbs[0].gateway, 2, 9, 10)] == [3, 5]
+        assert [b.seq for b in s.stored_batches(vbs[0].unit, vbs[0].gateway, 1, 9, 1)] == [1]
+        assert s.stored_batches(vbs[0].unit, "OTHER", 1, 9, 10) == []
     finally:
         s.close()
     s = open_storage(db_url)
@@ -497,7 +504,7 @@ def test_relay_reader_never_passes_a_batch_committed_later(db_url: str) -> None:
         cursor = 0
         while True:
             finished = not any(t.is_alive() for t in threads)
-            for row_id, payload in relay.relay_batches_after("national", cursor, 7):
+            for row_id, *_, payload in relay.relay_batches_after("national", cursor, 7):
                 seen.add(payload)
                 cursor = row_id
             relay.relay_ack("national", cursor)
