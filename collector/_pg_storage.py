@@ -36,6 +36,7 @@ import datetime as dt
 import logging
 import random
 import time
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -46,7 +47,14 @@ from psycopg import errors
 from protocol import Period
 
 from ._records import GatewayStatus, Quarantined, VerifiedBatch
-from ._schema import MIGRATION_SET, PERIOD_NAMES, PG_LOCK_MIGRATE, PG_LOCK_RELAY, STEPS
+from ._schema import (
+    MIGRATION_SET,
+    PERIOD_NAMES,
+    PG_LOCK_MIGRATE,
+    PG_LOCK_RELAY,
+    PG_LOCK_RELAY_LEASE,
+    STEPS,
+)
 from ._storage import (
     InventoryDelta,
     SqlStorage,
@@ -181,6 +189,18 @@ class PgStorage(SqlStorage):
     def _load_qualities(self, conn: psycopg.Connection[Any]) -> None:
         self._quality_ids = {str(w): int(i) for i, w in
                              conn.execute("SELECT id, word FROM quality").fetchall()}
+
+    def relay_lease(self, upstream: str) -> bool:
+        """A session-level advisory lock (:data:`PG_LOCK_RELAY_LEASE`, CRC-32 of the name) on
+        this storage's connection: released when the connection ends, so a new connection
+        after a lost one must win it again (asked again, this finds out)."""
+        key = (PG_LOCK_RELAY_LEASE, zlib.crc32(upstream.encode()) & 0x7FFF_FFFF)
+        rows = self._rows(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_backend_pid() AND classid = ? AND objid = ? AND objsubid = 2 "
+            "AND granted) THEN true ELSE pg_try_advisory_lock(?, ?) END",   # CASE: in order
+            (*key, *key))
+        return bool(rows[0][0])
 
     def close(self) -> None:
         with self._lock:

@@ -62,6 +62,7 @@ __all__ = [
     "PERIOD_NAMES",
     "PG_LOCK_MIGRATE",
     "PG_LOCK_RELAY",
+    "PG_LOCK_RELAY_LEASE",
     "QUALITY_CODES",
     "STEPS",
     "Dialect",
@@ -101,6 +102,7 @@ _FIRST_FREE_ID = 100     # PostgreSQL identities start here, above every seeded 
 _PG_LOCK_CLASS = 0x4B454D
 PG_LOCK_MIGRATE = (_PG_LOCK_CLASS, 1)
 PG_LOCK_RELAY = (_PG_LOCK_CLASS, 2)
+PG_LOCK_RELAY_LEASE = _PG_LOCK_CLASS + 1   # (this, CRC-32 of the upstream name): who relays
 
 _TYPES: dict[Dialect, dict[str, str]] = {
     "sqlite": {

@@ -23,7 +23,9 @@ memory (ids never change once committed).
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -123,6 +125,7 @@ class SqliteStorage(SqlStorage):
         super().__init__(url or f"sqlite:///{self.path.resolve()}")
         self._codes = _Codes()
         self._conn: sqlite3.Connection | None = None
+        self._leases: dict[str, int] = {}      # upstream -> file descriptor holding its lock
         try:
             self._conn = self._connect()
         except sqlite3.Error as exc:
@@ -171,8 +174,32 @@ class SqliteStorage(SqlStorage):
             raise StorageError(self.url, "storage is closed")
         return self._conn
 
+    def relay_lease(self, upstream: str) -> bool:
+        """An exclusive ``flock`` on ``<database>.relay-<upstream>.lock`` beside the file: the
+        kernel drops it when the process ends, however it ends."""
+        with self._lock:
+            if upstream in self._leases:
+                return True
+            self._db()
+            path = self.path.with_name(f"{self.path.name}.relay-{upstream}.lock")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StorageError(self.url, f"cannot open the relay lock {path}: "
+                                   f"{exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._leases[upstream] = fd
+            return True
+
     def close(self) -> None:
         with self._lock:
+            for fd in self._leases.values():
+                os.close(fd)
+            self._leases.clear()
             if self._conn is None:
                 return
             try:

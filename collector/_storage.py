@@ -242,6 +242,12 @@ class Storage(Protocol):
         moves back)."""
         ...
 
+    def relay_lease(self, upstream: str) -> bool:
+        """Try to become (or confirm being) the one process relaying to ``upstream`` among all
+        that share this database; True while this storage holds it. Held until ``close`` (or
+        the process ends); asking again while holding it is cheap and says True."""
+        ...
+
     def close(self) -> None:
         """Close the database connection (a second close does nothing)."""
         ...

@@ -661,3 +661,25 @@ def test_passwords_are_redacted() -> None:
     assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("postgresql://h/db?password=pw&x=1") == "postgresql://h/db?password=***&x=1"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_relay_lease_is_held_by_one_storage_at_a_time(db_url: str) -> None:
+    a, b = open_storage(db_url), open_storage(db_url)
+    try:
+        assert a.relay_lease("national")
+        assert a.relay_lease("national")              # asking again while holding it
+        assert not b.relay_lease("national")
+        assert b.relay_lease("backup")                # another upstream, another lease
+        a.close()        # released with the storage (PostgreSQL: once the backend has gone)
+        deadline = time.monotonic() + 10
+        while not b.relay_lease("national"):
+            assert time.monotonic() < deadline, "the lease was not released by close()"
+            time.sleep(0.05)
+        c = open_storage(db_url)
+        try:
+            assert not c.relay_lease("national")
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()
