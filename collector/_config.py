@@ -19,10 +19,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from protocol import validate_region_code
+from protocol._toml_table import ConfigError, Table
 
 from ._model import BrokerConfig, CollectorConfig, CollectorSection, UpstreamConfig
 from ._storage import StorageURLError, redact_url, sqlite_path
-from ._toml_table import ConfigError, Table, read_toml
 
 __all__ = ["ROLES", "ConfigError", "load_config"]
 
@@ -38,14 +38,15 @@ SHARE_GROUP_MAX = 64
 def load_config(path: str | Path) -> CollectorConfig:
     """Read and validate ``path``; :class:`ConfigError` for anything wrong with it."""
     file = Path(path)
-    top = Table(file, "", read_toml(file))
+    top = Table.from_file(file)
     base = file.resolve().parent
-    for name in ("collector", "broker", "upstream"):
-        top.has(name)
+    top.allow("collector", "broker", "upstream")
     top.done()              # a misspelt table is named as such, before "[collector] is missing"
-    collector_t = top.section("collector", 'add [collector] with role, region and database')
+    collector_t = top.table("collector", required=True,
+                            hint='add [collector] with role, region and database')
     section = _collector(collector_t, base)
-    broker_t = top.section("broker", "add [broker] with url, ca_file, cert_file and key_file")
+    broker_t = top.table("broker", required=True,
+                         hint="add [broker] with url, ca_file, cert_file and key_file")
     broker = _broker(broker_t, base)
     if not section.trusted_ca:
         if broker.ca_file is None:
@@ -64,8 +65,8 @@ def _collector(t: Table, base: Path) -> CollectorSection:
     """The ``[collector]`` table; ``trusted_ca`` is left empty when absent (the caller
     defaults it to the broker's CA)."""
     role = t.choice("role", ROLES)
-    region = t.text("region", required=role == "province",
-                    hint='the province\'s GB/T 2260 code, e.g. region = "320000"')
+    region = t.get("region", str, required=role == "province",
+                   hint='the province\'s GB/T 2260 code, e.g. region = "320000"')
     if region is not None:
         try:
             region = validate_region_code(region)
@@ -84,8 +85,8 @@ def _collector(t: Table, base: Path) -> CollectorSection:
 
 def _database(t: Table, base: Path) -> str:
     """The ``database`` URL, a relative SQLite path made absolute against ``base``."""
-    url = t.required_text("database", hint='e.g. database = "sqlite:collector.db" or '
-                                           '"postgresql://kemon@db.example/kemon"')
+    url = t.req("database", str, hint='e.g. database = "sqlite:collector.db" or '
+                                     '"postgresql://kemon@db.example/kemon"')
     if url.startswith("sqlite:"):
         try:
             path = sqlite_path(url, base)
@@ -129,8 +130,8 @@ def _existing(t: Table, key: str, base: Path, value: str) -> Path:
 
 def _endpoint(t: Table, base: Path) -> tuple[str, bool, dict[str, Path | None]]:
     """``url``, ``insecure`` and the TLS files of a broker or upstream table."""
-    url = t.required_text("url", hint='e.g. url = "mqtts://broker.example.gov.cn:8883"')
-    insecure = t.flag("insecure", False)
+    url = t.req("url", str, hint='e.g. url = "mqtts://broker.example.gov.cn:8883"')
+    insecure = t.get("insecure", bool, False)
     parts = urlsplit(url)
     try:
         port = parts.port
@@ -144,7 +145,7 @@ def _endpoint(t: Table, base: Path) -> tuple[str, bool, dict[str, Path | None]]:
                              "mqtts://, or set insecure = true for a test broker")
     files: dict[str, Path | None] = {}
     for key in ("ca_file", "cert_file", "key_file"):
-        value = t.text(key)
+        value = t.get(key, str)
         if value is None and parts.scheme == "mqtts":
             raise t.error(key, "is missing; mqtts:// needs ca_file (to verify the broker), "
                                "cert_file and key_file (this collector's identity)")
@@ -154,12 +155,11 @@ def _endpoint(t: Table, base: Path) -> tuple[str, bool, dict[str, Path | None]]:
 
 def _broker(t: Table, base: Path) -> BrokerConfig:
     url, insecure, files = _endpoint(t, base)
-    group = t.text("share_group", "collectors")
-    assert group is not None
+    group = t.get("share_group", str, "collectors")
     if not group or len(group) > SHARE_GROUP_MAX or _SHARE_FORBIDDEN & set(group):
         raise t.error("share_group", f"{group!r} is not a share group: one MQTT topic level "
                                      f"of 1-{SHARE_GROUP_MAX} characters without / + #")
-    client_id = t.text("client_id")
+    client_id = t.get("client_id", str)
     if client_id is not None and not CLIENT_ID_RE.fullmatch(client_id):
         raise t.error("client_id", f"{client_id!r} is not a client id: 1-64 of "
                                    "A-Z a-z 0-9 _ . : - (and unique per collector process)")
@@ -173,8 +173,8 @@ def _broker(t: Table, base: Path) -> BrokerConfig:
 def _upstreams(top: Table, base: Path) -> list[UpstreamConfig]:
     out: list[UpstreamConfig] = []
     seen: set[str] = set()
-    for t in top.array("upstream"):
-        name = t.required_text("name", hint='e.g. name = "national"')
+    for t in top.tables("upstream"):
+        name = t.req("name", str, hint='e.g. name = "national"')
         if not NAME_RE.fullmatch(name):
             raise t.error("name", f"{name!r} is not an upstream name: 1-64 of "
                                   "A-Z a-z 0-9 _ . -")

@@ -14,7 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from protocol import CreditCodeError, EnergyType, load_energy_types, validate_credit_code
+from protocol._toml_table import Table
 
+from ._errors import ConfigError
 from ._model import (
     BUS_KINDS,
     BusConfig,
@@ -27,7 +29,6 @@ from ._model import (
 )
 from ._points import check_point, read_point_fields
 from ._profiles import load_profile
-from ._toml_table import Table, read_toml
 
 __all__ = ["load_config"]
 
@@ -41,13 +42,11 @@ _PROTOCOL_OF_BUS = {"modbus-rtu": "modbus", "modbus-tcp": "modbus", "dlt645": "d
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate ``path``. Raises ConfigError (or it wraps OSError as one)."""
     file = Path(path)
-    raw = read_toml(file)
+    top = Table.from_file(file, ConfigError)
     base = file.resolve().parent
-    top = Table(file, "", raw)
 
-    section = _gateway_section(top.table("gateway") if top.has("gateway") else
-                               _missing(top, "gateway", "add a [gateway] table with id and unit"),
-                               base)
+    section = _gateway_section(
+        top.table("gateway", required=True, hint="add a [gateway] table with id and unit"), base)
     store = _store_section(top.table("store"))
     energy = _energy_table(top)
     buses = _buses(top)
@@ -60,10 +59,6 @@ def load_config(path: str | Path) -> GatewayConfig:
     return GatewayConfig(source=file.resolve(), gateway=section, buses=tuple(buses),
                          meters=tuple(meters), destinations=tuple(destinations), store=store,
                          energy=energy)
-
-
-def _missing(t: Table, name: str, hint: str) -> Table:
-    raise t.error(name, f"is missing; {hint}")
 
 
 def _gateway_section(t: Table, base: Path) -> GatewaySection:
@@ -82,7 +77,7 @@ def _gateway_section(t: Table, base: Path) -> GatewaySection:
             raise t.error(name, f"no such file: {(base / value).resolve()}")
     section = GatewaySection(
         id=gid, unit=unit, data_dir=(base / data_dir).resolve(),
-        require_time_sync=bool(t.get("require_time_sync", bool, True)),
+        require_time_sync=t.get("require_time_sync", bool, True),
         key_file=(base / key_file).resolve() if key_file else None,
         cert_file=(base / cert_file).resolve() if cert_file else None,
     )
@@ -94,7 +89,6 @@ def _store_section(t: Table) -> StoreConfig:
     days = t.get("retention_days", int, 200)
     budget = t.get("disk_budget_mb", int, 2048)
     full = t.get("full_resolution_days", int, 31)
-    assert days is not None and budget is not None and full is not None
     t.check("retention_days", days, lambda d: d >= 1, "must be at least 1 day")
     t.check("disk_budget_mb", budget, lambda b: b >= 16, "must be at least 16 (MB)")
     t.check("full_resolution_days", full, lambda d: 1 <= d <= days,
@@ -125,7 +119,6 @@ def _buses(top: Table) -> list[BusConfig]:
         host = t.get("host", str)
         timeout = t.get("timeout", float, 1.0)
         retries = t.get("retries", int, 1)
-        assert timeout is not None and retries is not None
         t.check("timeout", timeout, lambda v: 0 < v <= 30, "must be between 0 and 30 seconds")
         t.check("retries", retries, lambda v: 0 <= v <= 5, "must be between 0 and 5")
         if kind == "modbus-tcp" or host is not None:
@@ -148,12 +141,10 @@ def _buses(top: Table) -> list[BusConfig]:
             default_baud = 2400 if kind == "dlt645" else 9600
             default_parity = "E" if kind in ("dlt645", "cjt188") else "N"
             baud = t.get("baudrate", int, default_baud)
-            assert baud is not None
             t.check("baudrate", baud, lambda b: b in BAUDRATES,
                     f"{baud} is not a standard rate: {', '.join(map(str, BAUDRATES))}")
             stopbits = t.get("stopbits", int, 1)
             bytesize = t.get("bytesize", int, 8)
-            assert stopbits is not None and bytesize is not None
             t.check("stopbits", stopbits, lambda s: s in (1, 2), "must be 1 or 2")
             t.check("bytesize", bytesize, lambda s: s in (7, 8), "must be 7 or 8")
             bus = BusConfig(name=name, kind=kind, port=port, baudrate=baud,
@@ -200,12 +191,10 @@ def _meters(top: Table, base: Path, buses: dict[str, BusConfig],
         protocol = _PROTOCOL_OF_BUS[bus.kind]
         address = _address(t, bus.kind)
         interval = t.get("interval", int, 60)
-        assert interval is not None
         t.check("interval", interval, lambda i: 1 <= i <= 86400 and 86400 % i == 0,
                 f"{interval} does not divide a day into whole polls; use e.g. 5, 10, 15, 30, 60, "
                 "300, 900 or 3600")
         offline_after = t.get("offline_after", int, 3)
-        assert offline_after is not None
         t.check("offline_after", offline_after, lambda v: v >= 1, "must be at least 1")
 
         merged: dict[str, tuple[Table, dict[str, Any]]] = {}
@@ -303,7 +292,7 @@ def _destinations(top: Table, base: Path) -> list[DestinationConfig]:
             raise t.error("name", f"destination {name!r} is defined twice")
         names.add(name)
         url = t.req("url", str, hint='e.g. url = "mqtts://broker.example.gov.cn:8883"')
-        insecure = bool(t.get("insecure", bool, False))
+        insecure = t.get("insecure", bool, False)
         parts = urlsplit(url)
         if parts.scheme not in ("mqtts", "mqtt") or not parts.hostname:
             raise t.error("url", f"{url!r} is not an mqtts://host:port URL")
@@ -318,7 +307,6 @@ def _destinations(top: Table, base: Path) -> list[DestinationConfig]:
         rate = t.get("rate_limit", float, 50.0)
         inflight = t.get("max_inflight", int, 64)
         keepalive = t.get("keepalive", int, 30)
-        assert rate is not None and inflight is not None and keepalive is not None
         t.check("rate_limit", rate, lambda r: r > 0, "must be more than 0 (batches per second)")
         t.check("max_inflight", inflight, lambda n: 1 <= n <= 65535, "must be 1..65535")
         t.check("keepalive", keepalive, lambda k: 5 <= k <= 3600, "must be 5..3600 seconds")

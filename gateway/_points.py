@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from protocol._toml_table import Table
+
 from ._model import DATA_TYPES
-from ._toml_table import Table
 
 POINT_CODE_RE = re.compile(r"^[0-9A-Za-z._-]{1,64}$")
 _DLT645_DI_RE = re.compile(r"^[0-9A-Fa-f]{8}$")

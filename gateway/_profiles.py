@@ -13,8 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from protocol._toml_table import Table
+
+from ._errors import ConfigError
 from ._points import read_point_fields
-from ._toml_table import Table, read_toml
 
 __all__ = ["PROTOCOLS", "Profile", "builtin_profiles", "load_profile"]
 
@@ -58,8 +60,7 @@ def load_profile(ref: str, relative_to: Path) -> Profile:
             raise FileNotFoundError(f"no profile named {ref!r}; shipped profiles: "
                                     f"{', '.join(shipped) or '(none)'}")
         path = shipped[ref]
-    raw = read_toml(path)
-    top = Table(path, "", raw)
+    top = Table.from_file(path, ConfigError)
     head = top.table("profile")
     name = head.req("name", str)
     protocol = head.choice("protocol", PROTOCOLS)

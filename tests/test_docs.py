@@ -63,11 +63,13 @@ def test_every_configuration_key_is_documented() -> None:
 
 
 def _collector_config_keys() -> set[str]:
-    """Keys the collector's loader reads through its Table getters (collector/_toml_table.py),
+    """Keys the collector's loader reads through its Table getters (protocol/_toml_table.py),
     and the key tuples it loops over."""
     source = (ROOT / "collector" / "_config.py").read_text(encoding="utf-8")
-    getters = r"(?:text|required_text|choice|integer|number|flag|texts|section|array|has)"
+    getters = r"(?:req|choice|integer|number|texts|table|tables|allow)"
     keys = set(re.findall(rf'\.{getters}\(\s*"([a-z_]+)"', source))
+    # Table.get names a type after the key (a dict's .get does not)
+    keys |= set(re.findall(r'\.get\(\s*"([a-z_]+)", (?:str|int|float|bool)\b', source))
     for group in re.findall(r'for (?:key|name) in \(([^)]*)\)', source):
         keys |= set(re.findall(r'"([a-z_]+)"', group))
     return keys
