@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import struct
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -79,7 +80,14 @@ T = TypeVar("T")
 _CONNECT_TIMEOUT_S = 10
 _RETRIES = 5
 _ITERSIZE = 2000
-_STAGING_TYPES = ["int8", "float8", "int4", "int4", "int2", "int2"]
+# COPY's binary format (PostgreSQL documentation, COPY, "Binary Format"): a signature, a flags
+# field and a header extension length (both 0); per row a 16-bit field count, then each field
+# as a 32-bit length and its big-endian bytes (int8, float8, int4, int4, int2, int2 here: the
+# staging table's columns); a 16-bit -1 at the end. Packed with struct: a third of the time
+# psycopg's per-row write_row takes (bench/bench_ingest.py).
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_ROW = struct.Struct(">hiqidiiiiihih")
+_COPY_TRAILER = struct.pack(">h", -1)
 _CREATE_STAGING = ("CREATE TEMPORARY TABLE IF NOT EXISTS kemon_staging (ts int8, value float8,"
                    " gateway_id int4, point_id int4, period int2, quality int2)"
                    " ON COMMIT DELETE ROWS")
@@ -312,11 +320,12 @@ class PgStorage(SqlStorage):
         added: dict[int, int] = {}
         rows_in = reading_rows(plan.new, gids, self._point_ids, self._quality_ids)
         if rows_in:
+            pack = _COPY_ROW.pack
+            data = b"".join([pack(6, 8, ts, 8, value, 4, gid, 4, pid, 2, period, 2, quality)
+                             for ts, value, gid, pid, period, quality in rows_in])
             with conn.cursor() as cur:
                 with cur.copy(_COPY_STAGING) as copy:
-                    copy.set_types(_STAGING_TYPES)
-                    for row in rows_in:
-                        copy.write_row(row)
+                    copy.write(_COPY_HEADER + data + _COPY_TRAILER)
                 cur.execute(_MOVE_STAGING)
                 added = {int(g): int(n) for g, n in cur.fetchall()}
 

@@ -180,7 +180,22 @@ def batch_hash(sealed: bytes) -> bytes:
     return hashlib.sha256(sealed).digest()
 
 
+_VALID_NAMES: dict[tuple[str, str], tuple[bytes, bytes]] = {}   # already validated
+_VALID_KEEP = 65_536
+
+
 def _check_names(unit: object, gateway: object) -> tuple[bytes, bytes]:
+    if type(unit) is str and type(gateway) is str:
+        known = _VALID_NAMES.get((unit, gateway))
+        if known is not None:              # a gateway's names repeat in every batch
+            return known
+    names = _validate_names(unit, gateway)
+    if len(_VALID_NAMES) < _VALID_KEEP:
+        _VALID_NAMES[unit, gateway] = names      # type: ignore[index]
+    return names
+
+
+def _validate_names(unit: object, gateway: object) -> tuple[bytes, bytes]:
     if not isinstance(unit, str):
         raise ValueError(f"unit {unit!r} is not text")
     try:
