@@ -58,6 +58,7 @@ bench: venv system-deps
 	$(PY) bench/bench_polling.py
 	$(PY) bench/bench_encoding.py
 	$(PY) bench/bench_drain.py
+	$(PY) bench/bench_fleet.py
 	$(PY) bench/bench_ingest.py
 
 clean:
