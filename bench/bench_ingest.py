@@ -50,7 +50,7 @@ database's own speed for these rows.
 **Figures.** readings/s = stream readings / seconds. "of lower ceiling" = Kemon / the lower of
 the two ceilings for that back end. Issue 4's goals: ≥ 100,000 readings/s into each back end
 and ≥ 0.5 of the lower ceiling; two collector processes in one share group ≥ 1.6x one. Peak
-RSS is the collector process's (``getrusage``). Every figure is the median of ``--rounds``
+RSS is the collector process's (``VmHWM``). Every figure is the median of ``--rounds``
 runs (default 3).
 
 The broker is tests/brokers.py's Mosquitto (mutual TLS, the Kemon ACL, persistence) with
