@@ -17,15 +17,24 @@ switched off: a silent meter behind a TCP gateway must not cut the link for the 
 poller decides when to reset a link. pymodbus empties its receive buffer before each request,
 so the remains of a garbled or late answer never reach the next meter (tests/test_modbus_link.py
 checks a good meter right after each bad one).
+
+pymodbus would open an RTU port inside the event loop; the driver opens it off the loop with a
+deadline (``_port_open``) and hands pymodbus the finished transport. And since pymodbus waits
+with ``asyncio.wait_for``, which on Python 3.11 drops a cancellation that arrives together with
+the answer (CPython gh-86296, fixed in 3.12), the driver re-raises such a cancellation after
+each pymodbus call: a bus task told to stop must stop, or a task group waits for it forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
+from pymodbus.transport.serialtransport import SerialTransport
 
 from gateway._model import BusConfig, MeterConfig
 from gateway._registers import MAX_READ_REGISTERS, ReadBlock, block_registers, decode, plan_reads
@@ -37,6 +46,7 @@ from ._base import (
     MeterTimeout,
     ReadResult,
 )
+from ._port_open import effective_parity, open_off_loop
 
 __all__ = ["ModbusDriver"]
 
@@ -44,6 +54,14 @@ log = logging.getLogger(__name__)
 
 #: pymodbus closes a TCP link after this many silent requests in a row; "never" here.
 _NEVER = 1 << 30
+
+
+def _raise_dropped_cancel() -> None:
+    """Raise CancelledError if this task was cancelled and an ``asyncio.wait_for`` inside
+    pymodbus returned a result instead (Python 3.11, CPython gh-86296)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class ModbusDriver:
@@ -97,7 +115,7 @@ class ModbusDriver:
         return AsyncModbusSerialClient(
             bus.port or "",
             baudrate=bus.baudrate,
-            parity=bus.parity,
+            parity=effective_parity(bus.port or "", bus.parity),
             stopbits=bus.stopbits,
             bytesize=bus.bytesize,
             name=bus.name,
@@ -114,13 +132,46 @@ class ModbusDriver:
         await self.close()
         client = self._new_client()
         client.set_max_no_responses(_NEVER)
-        if not await client.connect():
+        where = self.bus.port if self.bus.kind == "modbus-rtu" else (
+            f"{self.bus.host}:{self.bus.tcp_port}")
+        opened = None
+        if isinstance(client, AsyncModbusSerialClient):
+            opened = await self._open_serial(client)
+        try:
+            connected = await client.connect()
+            _raise_dropped_cancel()
+            if not connected:
+                raise ConnectionError(f"bus {self.bus.name!r}: cannot open {where}")
+        except BaseException:
             client.close()
-            where = self.bus.port if self.bus.kind == "modbus-rtu" else (
-                f"{self.bus.host}:{self.bus.tcp_port}")
-            raise ConnectionError(f"bus {self.bus.name!r}: cannot open {where}")
+            if opened is not None:
+                opened.transport.close()      # idempotent; also when never handed over
+            raise
         self._client = client
         log.debug("bus %s connected", self.bus.name)
+
+    async def _open_serial(self, client: AsyncModbusSerialClient) -> _OpenedPort:
+        """Open the client's port off the loop; its ``connect()`` then takes the transport."""
+        bus = self.bus
+        port = bus.port or ""
+        params = client.ctx.comm_params
+        loop = asyncio.get_running_loop()
+        protocol = client.ctx           # a pymodbus client is its own asyncio protocol
+
+        def open_transport() -> Any:
+            # What pymodbus' create_serial_connection does, minus the loop-side set-up.
+            return SerialTransport(loop, protocol, port, params.baudrate, params.bytesize,
+                                   params.parity, params.stopbits, params.timeout_connect)
+
+        try:
+            transport = await open_off_loop(open_transport, lambda t: t.sync_serial.close(),
+                                            deadline=max(2.0, 2 * bus.timeout),
+                                            what=f"bus {bus.name!r}: {port}")
+        except OSError as exc:          # serial.SerialException is one too
+            raise ConnectionError(f"bus {bus.name!r}: cannot open {port}: {exc}") from exc
+        opened = _OpenedPort(transport, protocol)
+        client.ctx.call_create = opened.hand_over
+        return opened
 
     async def close(self) -> None:
         """Close the link; safe to call twice."""
@@ -153,7 +204,10 @@ class ModbusDriver:
         self._received = False
         what = f"FC{block.function_code} {block.count} registers at {block.start}"
         try:
-            rsp = await call(block.start, count=block.count, device_id=meter.unit_id)
+            try:
+                rsp = await call(block.start, count=block.count, device_id=meter.unit_id)
+            finally:
+                _raise_dropped_cancel()
         except ModbusIOException as exc:
             if self._received:
                 raise MeterFrameError(
@@ -195,3 +249,20 @@ class ModbusDriver:
         if not result.values and result.errors:
             raise next(iter(result.errors.values()))
         return result
+
+
+class _OpenedPort:
+    """A pymodbus serial transport opened off the loop, handed to pymodbus' ``connect()`` in
+    place of its own ``create_serial_connection`` (once: a reconnect goes through the driver)."""
+
+    def __init__(self, transport: Any, protocol: Any) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.handed = False
+
+    async def hand_over(self) -> tuple[Any, Any]:
+        if self.handed:
+            raise OSError("the port is reopened by the driver, not by pymodbus")
+        self.handed = True
+        self.transport.setup()          # watch the port; connection_made follows soon
+        return self.transport, self.protocol

@@ -1,10 +1,10 @@
 """Byte transport for the frame-based meter protocols (DL/T 645, CJ/T 188).
 
 One :class:`FrameLink` per bus: a serial port (pyserial, non-blocking, the port's file
-descriptor watched by the event loop) or a TCP connection to a serial server (asyncio
-protocol). Received bytes collect in one buffer; :meth:`FrameLink.transact` flushes stale
-input, sends a request and waits until
-the codec's ``split`` function finds a frame the caller accepts.
+descriptor watched by the event loop; opened off the loop, see ``_port_open``) or a TCP
+connection to a serial server (asyncio protocol). Received bytes collect in one buffer;
+:meth:`FrameLink.transact` flushes stale input, sends a request and waits until the codec's
+``split`` function finds a frame the caller accepts.
 
 ``split(buffer) -> (frame | None, n)`` is the codecs' ``split_frame``; it raises an error with
 a ``skip`` attribute for a corrupt frame. Callers bound each transaction with
@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 import serial
 
 from .._model import BusConfig
+from ._port_open import effective_parity, open_off_loop
 
 __all__ = ["FrameLink", "LinkClosed", "open_link"]
 
@@ -137,28 +138,26 @@ class _SerialLink(FrameLink):
             raise ValueError(f"bus {bus.name!r}: no serial port")
         await self.close()
 
+        parity = effective_parity(bus.port, bus.parity)
+
         def open_port() -> serial.Serial:
             return serial.Serial(bus.port, baudrate=bus.baudrate, bytesize=bus.bytesize,
-                                 parity=bus.parity, stopbits=bus.stopbits, timeout=0,
+                                 parity=parity, stopbits=bus.stopbits, timeout=0,
                                  write_timeout=bus.timeout)
 
-        # Opened in a thread, with a deadline: a device that hangs in open() or while its
-        # line settings are applied (seen once with a pseudo-terminal whose previous user was
-        # killed) must not freeze the event loop, the other buses and the stop signal.
-        opening = asyncio.ensure_future(asyncio.to_thread(open_port))
+        # Off the event loop, with a deadline (see _port_open): a port that hangs in open()
+        # must not freeze the other buses and the stop signal.
         try:
-            port = await asyncio.wait_for(asyncio.shield(opening), max(2.0, 2 * bus.timeout))
-        except TimeoutError:
-            opening.add_done_callback(
-                lambda f: f.cancelled() or f.exception() or f.result().close())
-            raise OSError(f"bus {bus.name!r}: opening {bus.port} did not finish") from None
-        except serial.SerialException as exc:
+            port = await open_off_loop(open_port, serial.Serial.close,
+                                       deadline=max(2.0, 2 * bus.timeout),
+                                       what=f"bus {bus.name!r}: {bus.port}")
+        except OSError as exc:       # serial.SerialException is one too
             raise OSError(f"bus {bus.name!r}: cannot open {bus.port}: {exc}") from exc
         self._port, self._closed = port, None
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(port.fileno(), self._readable)
         logger.info("bus %s: opened %s at %d %d%s%d", bus.name, bus.port, bus.baudrate,
-                    bus.bytesize, bus.parity, bus.stopbits)
+                    bus.bytesize, parity, bus.stopbits)
 
     def _readable(self) -> None:
         assert self._port is not None
