@@ -97,6 +97,7 @@ from ._ingest_stages import Prepared, Stages
 from ._ingest_state import Counters, GapWatch, GroupLookups
 from ._model import CollectorConfig
 from ._mqtt import Incoming, IngestLink, LinkError
+from ._relay import Relay
 from ._storage import Storage, StorageUnavailableError, open_storage
 from ._verify import Verifier
 
@@ -157,6 +158,7 @@ class Ingest:
         if self.options.group_size < 1:
             raise ValueError(f"group_size must be positive, not {self.options.group_size}")
         self.counters = Counters()
+        self.relays: list[Relay] = []          # one per [[upstream]], once running
         self.client_id = client_id_for(cfg)
         self.name = f"kemon-collector[{self.client_id}]"
         self._host, self._port, self._tls = broker_address(cfg.broker.url, cfg.broker.insecure)
@@ -186,12 +188,19 @@ class Ingest:
             lookups = GroupLookups(reader)
             stages = Stages(writer, Verifier(self._trusted, lookups), lookups)
             await self._note_known_gaps(writer)
+            for upstream in self.cfg.upstreams:      # each with a storage connection of its own
+                self.relays.append(await asyncio.to_thread(
+                    Relay.for_config, self.cfg, upstream, retry_wait=self.options.reconnect_wait,
+                    retry_max=self.options.reconnect_max,
+                    connect_timeout=self.options.connect_timeout))
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._connection(drained), name=f"{self.name}.connection")
                 tasks.create_task(self._consume(stop, drained, stages),
                                   name=f"{self.name}.consume")
                 tasks.create_task(self._resends(drained, reader), name=f"{self.name}.resend")
                 tasks.create_task(self._report(drained), name=f"{self.name}.report")
+                for relay in self.relays:
+                    tasks.create_task(relay.run(drained), name=relay.name)
         finally:
             log.info("%s: stopped: %s", self.name, self.counters.line())
             await asyncio.to_thread(writer.close)
@@ -382,6 +391,9 @@ class Ingest:
         for message in group:          # arrival order
             if message.link.ack(message):
                 c.acked += 1
+        if out.batches:
+            for relay in self.relays:
+                relay.notify()
         return True
 
     async def _retry_storage(self, call: Callable[[], _T], stop: asyncio.Event,
@@ -451,6 +463,9 @@ class Ingest:
         while not await _wait_for(drained, self.options.report_interval):
             self.counters.queue_depth = self._queue.qsize()
             log.info("%s: %s", self.name, self.counters.line())
+            for relay in self.relays:
+                if relay.counters.leader:
+                    log.info("%s: %s", relay.name, relay.counters.line())
 
 
 async def _wait_for(event: asyncio.Event, seconds: float) -> bool:

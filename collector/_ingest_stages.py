@@ -6,6 +6,7 @@ the way, batches verified against storage plus the groups in hand) and :meth:`St
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,10 +72,13 @@ class Stages:
                             is not None
                         storage.pin_certificate(record.unit, record.gateway, pem,
                                                 replace=replace)
-                    storage.record_status(record)
+                    if not message.via:    # a relay's announcement only brings the
+                        storage.record_status(record)    # certificate (collector._relay)
                     out.statuses += 1
                     continue
                 result = verifier.batch(message.topic, message.payload)
+                if message.via and isinstance(result, VerifiedBatch):
+                    result = dataclasses.replace(result, via=message.via)
                 if isinstance(result, Quarantined):
                     quarantined.append(result)
                 elif result.chain == "duplicate":

@@ -43,7 +43,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from protocol._mqtt_loop import PahoLoopLink
 from protocol._mqtt_tls import ClientTlsContext
 
-__all__ = ["Incoming", "IngestLink", "LinkError"]
+__all__ = ["VIA_PROPERTY", "Incoming", "IngestLink", "LinkError", "via_of"]
+
+VIA_PROPERTY = "kemon-via"   # MQTT 5 user property of relayed messages: the path, space-separated
 
 
 class LinkError(Exception):
@@ -63,6 +65,7 @@ class Incoming:
     mid: int
     qos: int
     link: IngestLink
+    via: tuple[str, ...] = ()      # relayed: the levels it came through (``kemon-via``)
 
 
 class IngestLink(PahoLoopLink[bool]):
@@ -153,4 +156,13 @@ class IngestLink(PahoLoopLink[bool]):
 
     def _deliver(self, message: mqtt.MQTTMessage) -> None:
         self._on_message(Incoming(message.topic, bytes(message.payload), message.mid,
-                                  message.qos, self))
+                                  message.qos, self, via_of(message.properties)))
+
+
+def via_of(properties: Properties | None) -> tuple[str, ...]:
+    """The relay path a message's ``kemon-via`` user property names (empty when none)."""
+    pairs = getattr(properties, "UserProperty", None) or ()
+    for name, value in pairs:
+        if name == VIA_PROPERTY:
+            return tuple(str(value).split()[:8])
+    return ()

@@ -44,6 +44,7 @@ from ._schema import PERIOD_CODES
 
 __all__ = [
     "GatewayRow",
+    "PinnedCertificate",
     "RelayBatch",
     "Storage",
     "StorageError",
@@ -111,6 +112,16 @@ class RelayBatch(NamedTuple):
     seq: int
     via: tuple[str, ...]
     payload: bytes
+
+
+class PinnedCertificate(NamedTuple):
+    """The certificate a gateway's batches are verified with (PEM), since ``pinned`` (ms)."""
+
+    unit: str
+    gateway: str
+    version: str | None
+    pem: str
+    pinned: int
 
 
 _RELAY_SELECT = ("SELECT b.id, g.unit, g.gateway, b.seq, b.via, b.payload FROM batch b "
@@ -240,6 +251,10 @@ class Storage(Protocol):
     def relay_ack(self, upstream: str, row_id: int) -> None:
         """Record that ``upstream`` has everything up to ``row_id`` (durably; the cursor never
         moves back)."""
+        ...
+
+    def pinned_certificates(self, since_ms: int = 0) -> list[PinnedCertificate]:
+        """The gateways' pinned certificates pinned at or after ``since_ms``, oldest first."""
         ...
 
     def relay_lease(self, upstream: str) -> bool:
@@ -506,6 +521,13 @@ class SqlStorage(ABC):
                           "AND b.seq BETWEEN ? AND ? ORDER BY b.seq LIMIT ?",
                           (unit, gateway, from_seq, to_seq, limit))
         return [_relay_batch(row) for row in rows]
+
+    def pinned_certificates(self, since_ms: int = 0) -> list[PinnedCertificate]:
+        rows = self._rows("SELECT g.unit, g.gateway, g.version, c.pem, c.pinned "
+                          "FROM certificate_pin c JOIN gateway g ON g.id = c.gateway_id "
+                          "WHERE c.pinned >= ? ORDER BY c.pinned", (since_ms,))
+        return [PinnedCertificate(str(u), str(g), None if v is None else str(v), str(pem),
+                                  int(at)) for u, g, v, pem, at in rows]
 
     def relay_cursor(self, upstream: str) -> int:
         rows = self._rows("SELECT after_id FROM relay_cursor WHERE upstream = ?", (upstream,))

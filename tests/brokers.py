@@ -218,17 +218,25 @@ def tls_alert(broker: Broker, files: ClientFiles | None, *, host: str | None = N
 
 # --- the broker -----------------------------------------------------------------------------
 
-def acl_text(collectors: Iterable[str] = DEFAULT_COLLECTORS) -> str:
-    """Kemon's topic ACL for Mosquitto (``%u`` is the certificate CN, ``<unit>/<gateway>``)."""
+def acl_text(collectors: Iterable[str] = DEFAULT_COLLECTORS,
+             relays: Iterable[str] = ()) -> str:
+    """Kemon's topic ACL for Mosquitto (``%u`` is the certificate CN, ``<unit>/<gateway>``).
+
+    ``relays`` are the lower-level collectors (provinces at the national broker) allowed to
+    publish their gateways' ``up/#`` unchanged and to read the resend requests on ``down/#``.
+    """
     lines = [
         "# Gateways: only their own prefix (CN <unit>/<gateway> is the username).",
         "pattern write kemon/v1/%u/up/#",
         "pattern read kemon/v1/%u/down/#",
     ]
-    for name in collectors:
-        lines += ["", f"user {collector_common_name(name)}",
-                  "topic read kemon/v1/+/+/up/#",
-                  "topic write kemon/v1/+/+/down/#"]
+    collectors, relays = tuple(collectors), tuple(relays)
+    for name in dict.fromkeys((*collectors, *relays)):
+        lines += ["", f"user {collector_common_name(name)}"]
+        if name in collectors:
+            lines += ["topic read kemon/v1/+/+/up/#", "topic write kemon/v1/+/+/down/#"]
+        if name in relays:
+            lines += ["topic write kemon/v1/+/+/up/#", "topic read kemon/v1/+/+/down/#"]
     return "\n".join(lines) + "\n"
 
 
@@ -243,12 +251,14 @@ class Broker:
     """A Mosquitto process with TLS, client certificates, the ACL and persistence.
 
     ``port`` None picks a free one, kept across ``restart``. ``collectors`` are the collector
-    names (CN ``collector-<name>``) the ACL grants. ``autosave_interval`` (seconds) bounds what a
-    ``kill`` loses: a SIGTERM (``stop``) always saves everything.
+    names (CN ``collector-<name>``) the ACL grants; ``relays`` those it lets relay into it.
+    ``autosave_interval`` (seconds) bounds what a ``kill`` loses: a SIGTERM (``stop``) always
+    saves everything.
     """
 
     def __init__(self, pki: Pki, directory: Path, port: int | None = None, *,
-                 collectors: Iterable[str] = DEFAULT_COLLECTORS, host: str = "127.0.0.1",
+                 collectors: Iterable[str] = DEFAULT_COLLECTORS, relays: Iterable[str] = (),
+                 host: str = "127.0.0.1",
                  autosave_interval: int = 5, max_queued_messages: int = 100_000,
                  max_inflight_messages: int = 100, extra_config: str = "") -> None:
         self.pki = pki
@@ -256,6 +266,7 @@ class Broker:
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.collectors = tuple(collectors)
+        self.relays = tuple(relays)
         self.autosave_interval = autosave_interval
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
@@ -319,7 +330,7 @@ class Broker:
             raise BrokerError("broker already running")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
-        self.acl_path.write_text(acl_text(self.collectors), encoding="utf-8")
+        self.acl_path.write_text(acl_text(self.collectors, self.relays), encoding="utf-8")
         self.config_path.write_text(self.config_text(), encoding="utf-8")
         with self.stderr_path.open("ab") as err:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config_path)],
@@ -437,6 +448,7 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    user_properties: tuple[tuple[str, str], ...] = ()
 
 
 class MqttClient:
@@ -513,7 +525,9 @@ class MqttClient:
         self._done.set()
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        self.messages.put(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
+        pairs = getattr(msg.properties, "UserProperty", None) or ()
+        self.messages.put(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+                                  tuple((str(k), str(v)) for k, v in pairs)))
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode,
                     _p: Properties) -> None:
