@@ -2,7 +2,7 @@
 batches from a local Mosquitto (mutual TLS) into SQLite and into PostgreSQL — verification on —
 side by side with the broker's ceiling and the database's ceiling, and with two processes.
 
-Run: ``.venv/bin/python bench/bench_ingest.py`` (about five minutes; ``--readings 100000
+Run: ``.venv/bin/python bench/bench_ingest.py`` (about seven minutes; ``--readings 100000
 --rounds 1`` for a smoke run; ``--profile`` adds a cProfile pass of the verify and store stages).
 
 **The stream.** 50 gateways (``--gateways``), each with its own certificate, each a 50-point
