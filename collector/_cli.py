@@ -289,11 +289,13 @@ def _summary(rows: Sequence[GatewayRow], quarantine: dict[str, int]) -> str:
 @collector_group.command("status")
 @_config_option
 @click.option("--json", "as_json", is_flag=True,
-              help='One JSON object instead: {"gateways": [...], "quarantine": {kind: count}}.')
+              help='One JSON object instead: {"gateways": [...], "quarantine": {kind: count}, '
+                   '"relays": [...]}.')
 def status_command(config_path: str, as_json: bool) -> None:
     """Print the gateway inventory: unit, gateway, version, last seen (China Standard Time),
     online/offline, last seq, seqs missing, readings stored, messages quarantined; then the
-    quarantine by kind. Works while the collector runs.
+    quarantine by kind and, per [[upstream]], the batches not yet relayed. Works while the
+    collector runs.
 
     \b
     Example:
@@ -302,6 +304,7 @@ def status_command(config_path: str, as_json: bool) -> None:
       unit                gateway  version  last seen            status   last seq  gaps  ...
       91320100MA1ABCDE0C  GW0001   0.4.0    2026-11-27 08:15:02  online        412     0  ...
       1 gateway: 1 online, 0 offline, 0 unknown; missing seqs: 0; quarantined: none
+      relay to national (上报): 0 batches not yet acknowledged (cursor at batch id 412, ...)
       kemon collector status -c collector.toml --json
     """
     cfg = _load(config_path)
@@ -309,12 +312,20 @@ def status_command(config_path: str, as_json: bool) -> None:
         try:
             rows = storage.gateways()
             quarantine = storage.quarantine_counts()
+            relays = [storage.relay_backlog(u.name) for u in cfg.upstreams]
         except StorageError as exc:
             raise Failure(one_line(exc)) from None
     if as_json:
         click.echo(json.dumps({"gateways": [r.to_json_dict() for r in rows],
-                               "quarantine": quarantine}, ensure_ascii=False))
+                               "quarantine": quarantine,
+                               "relays": [r.to_json_dict() for r in relays]},
+                              ensure_ascii=False))
         return
     for line in format_table(rows):
         click.echo(line)
     click.echo(_summary(rows, quarantine))
+    for r in relays:
+        when = "never" if r.updated is None else \
+            from_ms(r.updated).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"relay to {r.upstream} (上报): {r.pending} batches not yet acknowledged "
+                   f"(cursor at batch id {r.cursor}, last moved {when})")

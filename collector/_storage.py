@@ -45,6 +45,7 @@ from ._schema import PERIOD_CODES
 __all__ = [
     "GatewayRow",
     "PinnedCertificate",
+    "RelayBacklog",
     "RelayBatch",
     "Storage",
     "StorageError",
@@ -122,6 +123,20 @@ class PinnedCertificate(NamedTuple):
     version: str | None
     pem: str
     pinned: int
+
+
+class RelayBacklog(NamedTuple):
+    """``pending`` stored batches after ``cursor`` (the last batch id ``upstream``
+    acknowledged, 0 for none), which was stored at ``updated`` (ms; None: never)."""
+
+    upstream: str
+    cursor: int
+    pending: int
+    updated: int | None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "cursor": self.cursor, "pending": self.pending,
+                "updated": None if self.updated is None else to_rfc3339(self.updated)}
 
 
 _RELAY_SELECT = ("SELECT b.id, g.unit, g.gateway, b.seq, b.via, b.payload FROM batch b "
@@ -255,6 +270,10 @@ class Storage(Protocol):
 
     def pinned_certificates(self, since_ms: int = 0) -> list[PinnedCertificate]:
         """The gateways' pinned certificates pinned at or after ``since_ms``, oldest first."""
+        ...
+
+    def relay_backlog(self, upstream: str) -> RelayBacklog:
+        """Where ``upstream``'s relay stands: its cursor and how many stored batches follow."""
         ...
 
     def relay_lease(self, upstream: str) -> bool:
@@ -528,6 +547,13 @@ class SqlStorage(ABC):
                           "WHERE c.pinned >= ? ORDER BY c.pinned", (since_ms,))
         return [PinnedCertificate(str(u), str(g), None if v is None else str(v), str(pem),
                                   int(at)) for u, g, v, pem, at in rows]
+
+    def relay_backlog(self, upstream: str) -> RelayBacklog:
+        rows = self._rows("SELECT after_id, updated FROM relay_cursor WHERE upstream = ?",
+                          (upstream,))
+        cursor, updated = (int(rows[0][0]), int(rows[0][1])) if rows else (0, None)
+        [(pending,)] = self._rows("SELECT COUNT(*) FROM batch WHERE id > ?", (cursor,))
+        return RelayBacklog(upstream, cursor, int(pending), updated)
 
     def relay_cursor(self, upstream: str) -> int:
         rows = self._rows("SELECT after_id FROM relay_cursor WHERE upstream = ?", (upstream,))

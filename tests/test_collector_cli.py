@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,7 +307,8 @@ def test_status_json(filled: Path) -> None:
     assert result.exit_code == 0, result.stderr
     [line] = result.stdout.splitlines()
     doc = json.loads(line)
-    assert list(doc) == ["gateways", "quarantine"]
+    assert list(doc) == ["gateways", "quarantine", "relays"]
+    assert doc["relays"] == []                     # no [[upstream]] configured
     assert doc["quarantine"] == {"format": 1, "signature": 1}
     assert doc["gateways"] == [
         {"unit": UNIT, "gateway": "GW0001", "version": "1.2.3",
@@ -357,7 +359,32 @@ def test_status_of_an_empty_database(tmp_path: Path, write_config: ConfigWriter)
     assert table.stdout.splitlines()[2] == ("0 gateways: 0 online, 0 offline, 0 unknown; "
                                             "missing seqs: 0; quarantined: none")
     as_json = invoke("collector", "status", "-c", str(path), "--json")
-    assert json.loads(as_json.stdout) == {"gateways": [], "quarantine": {}}
+    assert json.loads(as_json.stdout) == {"gateways": [], "quarantine": {}, "relays": []}
+
+
+def test_status_shows_what_each_upstream_has_not_acknowledged(filled: Path) -> None:
+    with filled.open("a", encoding="utf-8") as f:
+        f.write('\n[[upstream]]\nname = "national"\nurl = "mqtt://127.0.0.1:1884"\n'
+                'insecure = true\n')
+    doc = json.loads(invoke("collector", "status", "-c", str(filled), "--json").stdout)
+    assert doc["relays"] == [{"upstream": "national", "cursor": 0, "pending": 4,
+                              "updated": None}]
+    assert invoke("collector", "status", "-c", str(filled)).stdout.splitlines()[-1] == (
+        "relay to national (上报): 4 batches not yet acknowledged (cursor at batch id 0, "
+        "last moved never)")
+    url = tomllib.loads(filled.read_text(encoding="utf-8"))["collector"]["database"]
+    storage = open_storage(url)
+    try:
+        second = storage.relay_batches_after("national", 0, 2)[-1].id
+        storage.relay_ack("national", second)
+    finally:
+        storage.close()
+    doc = json.loads(invoke("collector", "status", "-c", str(filled), "--json").stdout)
+    [relay] = doc["relays"]
+    assert (relay["cursor"], relay["pending"]) == (second, 2)
+    assert relay["updated"].endswith("+08:00")
+    last = invoke("collector", "status", "-c", str(filled)).stdout.splitlines()[-1]
+    assert f"2 batches not yet acknowledged (cursor at batch id {second}, last moved 20" in last
 
 
 # ---------------------------------------------------------------- check and run
