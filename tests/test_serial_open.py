@@ -6,6 +6,8 @@ that swallowed its cancellation kept the gateway alive but deaf)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -19,6 +21,8 @@ from gateway.drivers import _modbus
 from gateway.drivers._dlt645 import Dlt645Driver
 from gateway.drivers._modbus import ModbusDriver
 from gateway.drivers._port_open import effective_parity, is_pseudo_terminal, open_off_loop
+
+from .conftest import ROOT
 
 # ---- the helper ------------------------------------------------------------------------------
 
@@ -115,6 +119,39 @@ def test_ptys_are_recognised_and_opened_without_parity(pty_pair: tuple[str, str]
     assert effective_parity(a, "E") == "N"
     assert effective_parity(str(plain), "E") == "E"
     assert effective_parity("/dev/ttyUSB7", "O") == "O"
+
+
+_STUCK_OPENS = """
+import asyncio, threading, serial
+from gateway._model import BusConfig
+from gateway.drivers._dlt645 import Dlt645Driver
+from gateway.drivers._modbus import ModbusDriver
+
+def never_returns(*args, **kw):
+    threading.Event().wait()
+
+serial.Serial.__init__ = never_returns
+serial.serial_for_url = never_returns
+
+async def main():
+    for driver in (Dlt645Driver(BusConfig(name="d", kind="dlt645", port="/dev/null")),
+                   ModbusDriver(BusConfig(name="m", kind="modbus-rtu", port="/dev/null"))):
+        try:
+            await driver.connect()
+        except OSError as exc:
+            print(exc)
+
+asyncio.run(main())
+"""
+
+
+def test_stuck_opens_do_not_keep_the_process_from_exiting() -> None:
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", _STUCK_OPENS], capture_output=True, text=True,
+                         timeout=20, cwd=ROOT, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("opening did not finish within 2 s") == 2, res.stdout
+    assert time.monotonic() - started < 15
 
 
 # ---- reopening a pty with parity (the cause of the frozen restarts) ---------------------------
