@@ -65,11 +65,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
-from tenacity.wait import wait_random_exponential
 
 from protocol import parse_topic, topic, topic_filter
-from protocol._mqtt_publish import LinkError, MqttLink
+from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting
 from protocol._mqtt_tls import client_tls_context
 from protocol._publish_flow import AckWindow, TokenBucket
 
@@ -142,10 +140,6 @@ class _Session:
     announced: set[tuple[str, str]] = field(default_factory=set)
     refusal: str | None = None
     progressed: bool = False
-
-
-class _Reconnect(Exception):
-    """A healthy connection ended: reconnect with the back-off started over."""
 
 
 class Relay:
@@ -269,23 +263,11 @@ class Relay:
     # --- connections ---------------------------------------------------------------------------
 
     async def _connection_loop(self) -> None:
-        wait = wait_random_exponential(multiplier=self._retry_wait, max=self._retry_max)
-        while True:     # a new AsyncRetrying after a healthy connection: back-off starts over
-            retrying = AsyncRetrying(wait=wait, retry=retry_if_exception_type(LinkError),
-                                     before_sleep=self._before_sleep, reraise=True)
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self._connect()
-            except _Reconnect:
-                continue
+        await keep_connecting(self._connect, name=self.name, retry_wait=self._retry_wait,
+                              retry_max=self._retry_max, log=log, on_error=self._failed)
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        reason = exc.reason if isinstance(exc, LinkError) else repr(exc)
-        pause = state.next_action.sleep if state.next_action is not None else 0.0
+    def _failed(self, reason: str) -> None:
         self.last_error = reason
-        log.warning("%s: %s; retrying in %.1f s", self.name, reason, pause)
 
     async def _connect(self) -> None:
         """One connection, from CONNECT to its end; always ends by raising."""
@@ -328,7 +310,7 @@ class Relay:
                 healthy = session.progressed or time.monotonic() - started >= HEALTHY_AFTER
                 if healthy and session.refusal is None:
                     log.warning("%s: %s; reconnecting", self.name, error.reason)
-                    raise _Reconnect from None
+                    raise Reconnect from None
                 raise error from None
         finally:
             self._end_session()

@@ -20,19 +20,23 @@ after a normal ``disconnect``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.wait import wait_random_exponential
 
 from protocol._mqtt_loop import PahoLoopLink
 from protocol._mqtt_tls import ClientTlsContext
 
-__all__ = ["ConnectInfo", "LinkError", "MqttLink"]
+__all__ = ["ConnectInfo", "LinkError", "MqttLink", "Reconnect", "keep_connecting"]
 
 #: MQTT 5 (OASIS mqtt-v5.0, 3.2.2.3.3): Receive Maximum absent from CONNACK means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
@@ -126,3 +130,35 @@ class MqttLink(PahoLoopLink[ConnectInfo]):
             self._on_puback(mid, reason)
         except Exception:
             self._log.exception("%s: PUBACK handler failed", self.name)
+
+
+class Reconnect(Exception):
+    """A healthy connection ended: connect again with the back-off started over."""
+
+
+async def keep_connecting(session: Callable[[], Awaitable[None]], *, name: str,
+                          retry_wait: float, retry_max: float, log: logging.Logger,
+                          on_error: Callable[[str], None] | None = None) -> NoReturn:
+    """Run ``session()`` (one connection, ending by raising) for ever: after a ``LinkError``
+    wait a jittered exponential back-off (``retry_wait`` multiplier, at most ``retry_max``
+    seconds) and call it again; after ``Reconnect`` call it again at once with a fresh
+    back-off. Each failure is one warning line (and ``on_error(reason)``); anything else
+    raised ends the loop."""
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        reason = exc.reason if isinstance(exc, LinkError) else repr(exc)
+        pause = state.next_action.sleep if state.next_action is not None else 0.0
+        if on_error is not None:
+            on_error(reason)
+        log.warning("%s: %s; retrying in %.1f s", name, reason, pause)
+
+    wait = wait_random_exponential(multiplier=retry_wait, max=retry_max)
+    while True:     # a new AsyncRetrying after a healthy connection: back-off starts over
+        retrying = AsyncRetrying(wait=wait, retry=retry_if_exception_type(LinkError),
+                                 before_sleep=before_sleep, reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await session()
+        except Reconnect:
+            continue
