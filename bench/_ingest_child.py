@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from collector._ingest import Ingest, IngestOptions  # noqa: E402
+from collector._ingest import Ingest, IngestOptions, tune_gc_for_ingest  # noqa: E402
 from collector._model import BrokerConfig, CollectorConfig, CollectorSection  # noqa: E402
 
 POLL_S = 0.002        # how often the counters are looked at
@@ -59,6 +59,7 @@ async def run(args: dict[str, Any], mode: str) -> None:
                             client_id=args["client_id"], share_group=args["share_group"],
                             keepalive=30))
     ingest = Ingest(cfg, IngestOptions(session_expiry=3600, report_interval=3600))
+    tune_gc_for_ingest()                  # as ``kemon collector run`` does before running
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if mode == "go":

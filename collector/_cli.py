@@ -176,8 +176,10 @@ def run_command(config_path: str) -> None:
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    from ._ingest import run_collector
+    from ._ingest import run_collector, tune_gc_for_ingest
     from ._mqtt import LinkError
+
+    tune_gc_for_ingest()      # fewer collections while verifying: see its docstring
 
     async def main() -> None:
         stop = asyncio.Event()
