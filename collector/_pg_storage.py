@@ -4,12 +4,18 @@ store() is one transaction (READ COMMITTED):
 
 1. the stored hashes of the call's (gateway, seq) pairs decide which batches are new, which are
    duplicates (skipped) and which conflict (quarantined) — ``collector._storage.plan_store``;
-2. the new batches' readings are bulk-loaded with ``COPY … FROM STDIN (FORMAT BINARY)`` into a
-   session's temporary staging table (``ON COMMIT DELETE ROWS``), then moved with one
-   ``INSERT … SELECT … ORDER BY <key> ON CONFLICT DO NOTHING``; the key order means two
+2. the new batches' readings, in key order, are bulk-loaded with ``COPY … FROM STDIN (FORMAT
+   BINARY)`` straight into ``reading``, inside a savepoint, when every new batch is of kind
+   ``data`` (a gateway seals each reading into one data batch, so their readings are new but
+   for rare overlaps). A COPY that meets a stored key (or one inserted by a writer that then
+   commits: the unique check waits for it) fails whole and is rolled back to the savepoint;
+   then — and always for ``resend`` and ``gap`` batches, which rebuild readings that may be
+   stored — the readings go through a session's temporary staging table (``ON COMMIT DELETE
+   ROWS``) and one ``INSERT … SELECT … ORDER BY <key> ON CONFLICT DO NOTHING``. Either way the
+   primary key decides, so a reading is stored once whoever wins; the key order means two
    writers inserting overlapping readings wait for each other in one order, never in a cycle
-   (a deadlock), and PostgreSQL's unique check waits for the other's commit, so a reading is
-   stored once whoever wins;
+   (a deadlock). The direct COPY halves the server's work for a group (bench/bench_ingest.py:
+   the ON CONFLICT insert is row by row, COPY inserts pages at a time);
 3. under a transaction-level advisory lock (``collector._schema.PG_LOCK_RELAY``) the batch rows
    are inserted and the inventory updated, and the transaction commits still holding it. Row
    ids come from an identity sequence, which hands out numbers in call order, not commit order;
@@ -93,6 +99,8 @@ _CREATE_STAGING = ("CREATE TEMPORARY TABLE IF NOT EXISTS kemon_staging (ts int8,
                    " ON COMMIT DELETE ROWS")
 _COPY_STAGING = ("COPY kemon_staging (ts, value, gateway_id, point_id, period, quality)"
                  " FROM STDIN (FORMAT BINARY)")
+_COPY_READING = ("COPY reading (ts, value, gateway_id, point_id, period, quality)"
+                 " FROM STDIN (FORMAT BINARY)")
 _MOVE_STAGING = (
     "WITH added AS ("
     " INSERT INTO reading (ts, value, gateway_id, point_id, period, quality)"
@@ -140,6 +148,7 @@ class PgStorage(SqlStorage):
         self._quality_ids: dict[str, int] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
+        self._direct_misses = 0        # COPYs straight into reading refused (key stored)
         with self._lock:
             conn = self._connection()
             try:
@@ -321,13 +330,18 @@ class PgStorage(SqlStorage):
         rows_in = reading_rows(plan.new, gids, self._point_ids, self._quality_ids)
         if rows_in:
             pack = _COPY_ROW.pack
-            data = b"".join([pack(6, 8, ts, 8, value, 4, gid, 4, pid, 2, period, 2, quality)
-                             for ts, value, gid, pid, period, quality in rows_in])
-            with conn.cursor() as cur:
-                with cur.copy(_COPY_STAGING) as copy:
-                    copy.write(_COPY_HEADER + data + _COPY_TRAILER)
-                cur.execute(_MOVE_STAGING)
-                added = {int(g): int(n) for g, n in cur.fetchall()}
+            data = _COPY_HEADER + b"".join([
+                pack(6, 8, ts, 8, value, 4, gid, 4, pid, 2, period, 2, quality)
+                for ts, value, gid, pid, period, quality in rows_in]) + _COPY_TRAILER
+            fresh = all(vb.batch.kind == "data" for vb in plan.new)
+            if not (fresh and self._copy_direct(conn, data)):
+                with conn.cursor() as cur:
+                    with cur.copy(_COPY_STAGING) as copy:
+                        copy.write(data)
+                    cur.execute(_MOVE_STAGING)
+                    added = {int(g): int(n) for g, n in cur.fetchall()}
+            else:
+                added = Counter(row[2] for row in rows_in)
 
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", PG_LOCK_RELAY)
         if plan.new:
@@ -354,6 +368,25 @@ class PgStorage(SqlStorage):
             log.debug("%s: %d duplicate and %d conflicting batches", self.url,
                       plan.duplicates, len(plan.conflicts))
         return sum(added.values())
+
+    def _copy_direct(self, conn: psycopg.Connection[Any], data: bytes) -> bool:
+        """COPY ``data`` straight into ``reading``, in a savepoint; False (and nothing
+        written) when one of its keys is stored already (or repeated in ``data``).
+
+        All or nothing: the primary key refuses a stored key and the whole COPY is rolled
+        back to the savepoint, so the caller then takes the staging path, whose ON CONFLICT
+        skips what is stored. A key another writer has inserted but not committed makes the
+        COPY wait for that commit (PostgreSQL's unique check), then fail or go on: stored
+        once either way. The rows are in key order, so two writers wait in one order."""
+        try:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY_READING) as copy:
+                copy.write(data)
+        except errors.UniqueViolation:
+            self._direct_misses += 1
+            log.debug("%s: readings already stored: loading through the staging table",
+                      self.url)
+            return False
+        return True
 
     def _insert_batches(self, conn: psycopg.Connection[Any],
                         new: Sequence[VerifiedBatch]) -> None:

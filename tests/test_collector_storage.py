@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from collector._pg_storage import PgStorage
 from collector._records import GatewayStatus, Quarantined, VerifiedBatch
 from collector._storage import (
     Storage,
@@ -124,6 +125,21 @@ def test_resent_readings_in_another_batch_are_stored_once(storage: Storage) -> N
     assert count_readings(storage) == 12
     [row] = storage.gateways()
     assert (row.batches, row.readings, row.last_seq, row.gaps) == (2, 12, 2, 0)
+
+
+def test_data_batch_overlapping_stored_readings_stores_only_new_ones(storage: Storage) -> None:
+    # PostgreSQL COPYs a data batch straight into reading; a stored key makes it fall back
+    # to the staging table's ON CONFLICT insert, in the same transaction
+    assert storage.store([sealed(1, readings(points(4), [T0, T0 + 60_000]))]) == 8
+    overlap = sealed(2, readings(points(4), [T0 + 60_000, T0 + 120_000]))
+    later = sealed(1, readings(points(2), [T0]), gateway="GW0002")
+    assert storage.store([overlap, later]) == 6
+    assert count_readings(storage) == 14
+    rows = storage.gateways()
+    assert [(r.gateway, r.batches, r.readings) for r in rows] == [("GW0001", 2, 12),
+                                                                ("GW0002", 1, 2)]
+    if isinstance(storage, PgStorage):
+        assert storage._direct_misses == 1      # the first call went straight in
 
 
 def test_conflicting_batch_is_quarantined_and_nothing_overwritten(storage: Storage) -> None:
