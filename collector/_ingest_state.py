@@ -8,23 +8,44 @@ and which gaps to ask a gateway to resend, when.
   arriving in the group after batch 6 is ``ok``, not ``after_gap``, and a second copy of batch 6
   in the same group is a ``duplicate``), and stored hashes already seen are remembered (a stored
   batch never changes, so that cache cannot go stale; "not stored" is never cached, since
-  another collector process may store it at any moment).
+  another collector process may store it at any moment). Before a group is verified,
+  :meth:`GroupLookups.prefetched` reads in one query what its verification will ask (each
+  batch's seq and seq-1, each gateway's last batch) when storage can answer in bulk
+  (:class:`ChainLookups`): one database round trip a group instead of one or two a batch.
+  That answer, "not stored" included, holds for that one group's verification only; a batch
+  another process stores meanwhile is then found by ``store()``, which decides again inside
+  its transaction (a duplicate is skipped, a conflict quarantined), as it always has for
+  batches stored between verification and storage.
 * :class:`GapWatch` — gateways with missing seqs, when to look at them again, and a rate limit
   of one resend request per range per ``interval``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from ._records import VerifiedBatch
 from ._verify import Lookups
 
-__all__ = ["Counters", "GapWatch", "GroupLookups"]
+__all__ = ["ChainLookups", "Counters", "GapWatch", "GroupLookups"]
 
 Gateway = tuple[str, str]          # (unit, gateway)
 SeqRange = tuple[int, int]         # inclusive
+BatchKey = tuple[str, str, int]    # (unit, gateway, seq)
+
+
+@runtime_checkable
+class ChainLookups(Lookups, Protocol):
+    """Lookups that can also answer a group's questions in one go (the storage layer)."""
+
+    def stored_chain(self, keys: Sequence[BatchKey], gateways: Sequence[Gateway],
+                     ) -> tuple[dict[BatchKey, bytes], dict[Gateway, tuple[int, bytes]]]:
+        """The stored hashes of ``keys`` (those not stored are absent) and the last stored
+        (seq, hash) of each of ``gateways`` (absent when none)."""
 
 
 @dataclass(slots=True)
@@ -75,11 +96,47 @@ class GroupLookups:
         self._storage = storage
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._stored: dict[tuple[str, str, int], bytes] = {}
-        self._pending: dict[int, dict[tuple[str, str, int], bytes]] = {}
+        self._stored: dict[BatchKey, bytes] = {}
+        self._pending: dict[int, dict[BatchKey, bytes]] = {}
+        # what this process committed since it started: the highest (seq, hash) a gateway
+        self._committed_last: dict[Gateway, tuple[int, bytes]] = {}
+        # the group being verified: storage's answers read at its start (prefetched)
+        self._read_keys: dict[BatchKey, bytes | None] = {}
+        self._read_last: dict[Gateway, tuple[int, bytes] | None] = {}
 
     def pinned_certificate(self, unit: str, gateway: str) -> str | None:
         return self._storage.pinned_certificate(unit, gateway)
+
+    @contextlib.contextmanager
+    def prefetched(self, wanted: Iterable[BatchKey]) -> Iterator[None]:
+        """While verifying one group whose batches are ``wanted``: storage's answers about
+        them read in one query (module docstring); a no-op for storage without
+        ``stored_chain``. Called from the verifying thread only."""
+        storage = self._storage
+        if not isinstance(storage, ChainLookups):
+            yield
+            return
+        gateways: set[Gateway] = set()
+        keys: set[BatchKey] = set()
+        with self._lock:
+            known = [self._stored, *self._pending.values()]
+            for unit, gateway, seq in wanted:
+                gateways.add((unit, gateway))
+                for s in (seq, seq - 1):
+                    key = (unit, gateway, s)
+                    if s >= 1 and not any(key in hashes for hashes in known):
+                        keys.add(key)
+        if not gateways:
+            yield
+            return
+        ordered_keys, ordered_gateways = sorted(keys), sorted(gateways)
+        hashes, lasts = storage.stored_chain(ordered_keys, ordered_gateways)
+        self._read_keys = {key: hashes.get(key) for key in ordered_keys}
+        self._read_last = {gw: lasts.get(gw) for gw in ordered_gateways}
+        try:
+            yield
+        finally:
+            self._read_keys, self._read_last = {}, {}
 
     def batch_hash(self, unit: str, gateway: str, seq: int) -> bytes | None:
         key = (unit, gateway, seq)
@@ -88,15 +145,24 @@ class GroupLookups:
             for group in self._pending.values():
                 found = found or group.get(key)
         if found is None:
-            found = self._storage.batch_hash(unit, gateway, seq)
+            if key in self._read_keys:
+                found = self._read_keys[key]
+            else:
+                found = self._storage.batch_hash(unit, gateway, seq)
             if found is not None:
                 with self._lock:
                     self._remember(key, found)
         return found
 
     def last_batch(self, unit: str, gateway: str) -> tuple[int, bytes] | None:
-        best = self._storage.last_batch(unit, gateway)
+        if (unit, gateway) in self._read_last:
+            best = self._read_last[unit, gateway]
+        else:
+            best = self._storage.last_batch(unit, gateway)
         with self._lock:
+            mine = self._committed_last.get((unit, gateway))
+            if mine is not None and (best is None or mine[0] > best[0]):
+                best = mine      # committed after storage was read
             for group in self._pending.values():
                 for (u, g, seq), digest in group.items():
                     if u == unit and g == gateway and (best is None or seq > best[0]):
@@ -113,13 +179,17 @@ class GroupLookups:
         with self._lock:
             for key, digest in self._pending.pop(token, {}).items():
                 self._remember(key, digest)
+                unit, gateway, seq = key
+                last = self._committed_last.get((unit, gateway))
+                if last is None or seq > last[0]:
+                    self._committed_last[unit, gateway] = (seq, digest)
 
     def discard(self, token: int) -> None:
         """Group ``token`` was not stored: forget it."""
         with self._lock:
             self._pending.pop(token, None)
 
-    def _remember(self, key: tuple[str, str, int], digest: bytes) -> None:
+    def _remember(self, key: BatchKey, digest: bytes) -> None:
         self._stored[key] = digest
         while len(self._stored) > self._cache_size:
             del self._stored[next(iter(self._stored))]

@@ -109,6 +109,17 @@ _MOVE_STAGING = (
     " ON CONFLICT (gateway_id, ts, point_id, period) DO NOTHING"
     " RETURNING gateway_id)"
     " SELECT gateway_id, count(*) FROM added GROUP BY gateway_id")
+_STORED_CHAIN = (   # ? placeholders: run through _rows
+    "SELECT false, k.unit, k.gateway, b.seq, b.hash"
+    " FROM unnest(?::text[], ?::text[], ?::int8[]) AS k(unit, gateway, seq)"
+    " JOIN gateway g ON g.unit = k.unit AND g.gateway = k.gateway"
+    " JOIN batch b ON b.gateway_id = g.id AND b.seq = k.seq"
+    " UNION ALL"
+    " SELECT true, g.unit, g.gateway, l.seq, l.hash"
+    " FROM unnest(?::text[], ?::text[]) AS k(unit, gateway)"
+    " JOIN gateway g ON g.unit = k.unit AND g.gateway = k.gateway"
+    " CROSS JOIN LATERAL (SELECT b.seq, b.hash FROM batch b WHERE b.gateway_id = g.id"
+    " ORDER BY b.seq DESC LIMIT 1) AS l")
 _INSERT_BATCHES = (
     "INSERT INTO batch (gateway_id, seq, hash, prev, kind, chain, created, received, count,"
     " via, payload) SELECT * FROM unnest(%s::int4[], %s::int8[], %s::bytea[], %s::bytea[],"
@@ -218,6 +229,23 @@ class PgStorage(SqlStorage):
             "AND granted) THEN true ELSE pg_try_advisory_lock(?, ?) END",   # CASE: in order
             (*key, *key))
         return bool(rows[0][0])
+
+    def stored_chain(self, keys: Sequence[tuple[str, str, int]],
+                     gateways: Sequence[tuple[str, str]],
+                     ) -> tuple[dict[tuple[str, str, int], bytes],
+                                dict[tuple[str, str], tuple[int, bytes]]]:
+        """One round trip for a group's chain questions (``collector._storage``)."""
+        rows = self._rows(_STORED_CHAIN, (
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [g[0] for g in gateways], [g[1] for g in gateways]))
+        hashes: dict[tuple[str, str, int], bytes] = {}
+        lasts: dict[tuple[str, str], tuple[int, bytes]] = {}
+        for last, unit, gateway, seq, digest in rows:
+            if last:
+                lasts[unit, gateway] = (int(seq), bytes(digest))
+            else:
+                hashes[unit, gateway, int(seq)] = bytes(digest)
+        return hashes, lasts
 
     def close(self) -> None:
         with self._lock:

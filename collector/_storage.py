@@ -223,6 +223,16 @@ class Storage(Protocol):
         """The hash of the stored batch ``seq`` of this gateway, or None."""
         ...
 
+    def stored_chain(self, keys: Sequence[tuple[str, str, int]],
+                     gateways: Sequence[tuple[str, str]],
+                     ) -> tuple[dict[tuple[str, str, int], bytes],
+                                dict[tuple[str, str], tuple[int, bytes]]]:
+        """In one go (one query on PostgreSQL): the hashes of the stored batches among
+        ``keys`` ((unit, gateway, seq); those not stored are absent) and the highest stored
+        (seq, hash) of each of ``gateways`` (absent when none). What verifying a group of
+        batches asks (``collector._ingest_state.GroupLookups.prefetched``)."""
+        ...
+
     def missing_seqs(self, unit: str, gateway: str,
                      limit: int = 1000) -> list[tuple[int, int]]:
         """Inclusive ranges of seqs missing between this gateway's lowest and highest stored
@@ -497,6 +507,17 @@ class SqlStorage(ABC):
                           "WHERE g.unit = ? AND g.gateway = ? AND b.seq = ?",
                           (unit, gateway, seq))
         return bytes(rows[0][0]) if rows else None
+
+    def stored_chain(self, keys: Sequence[tuple[str, str, int]],
+                     gateways: Sequence[tuple[str, str]],
+                     ) -> tuple[dict[tuple[str, str, int], bytes],
+                                dict[tuple[str, str], tuple[int, bytes]]]:
+        # One indexed query a key: cheap in-process (SQLite); PostgreSQL overrides it.
+        with self._lock:
+            hashes = {key: digest for key in keys
+                      if (digest := self.batch_hash(*key)) is not None}
+            lasts = {gw: last for gw in gateways if (last := self.last_batch(*gw)) is not None}
+        return hashes, lasts
 
     def missing_seqs(self, unit: str, gateway: str,
                      limit: int = 1000) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from collector import Storage, VerifiedBatch, open_storage
 from collector._ingest import Ingest, IngestOptions
-from collector._ingest_state import GapWatch, GroupLookups
+from collector._ingest_state import ChainLookups, GapWatch, GroupLookups
 from collector._model import BrokerConfig, CollectorConfig, CollectorSection
 from protocol import ZERO_HASH, Batch, Period, Reading, batch_hash, seal, unseal
 
@@ -307,6 +307,44 @@ def test_group_lookups_count_groups_in_hand_as_stored_until_discarded() -> None:
     asked = storage.asked
     assert lookups.batch_hash(UNIT, GW1, 3) == b"h3" and storage.asked == asked
     assert lookups.batch_hash(UNIT, GW1, 1) == b"h1" and storage.asked == asked + 1
+
+
+class _Bulk(_Stored):
+    """_Stored that also answers a group's questions in one go (ChainLookups)."""
+
+    def __init__(self, hashes: dict[int, bytes]) -> None:
+        super().__init__(hashes)
+        self.bulk: list[tuple[list[tuple[str, str, int]], list[tuple[str, str]]]] = []
+
+    def stored_chain(self, keys: Sequence[tuple[str, str, int]],
+                     gateways: Sequence[tuple[str, str]],
+                     ) -> tuple[dict[tuple[str, str, int], bytes],
+                                dict[tuple[str, str], tuple[int, bytes]]]:
+        self.bulk.append((list(keys), list(gateways)))
+        last = self.last_batch(UNIT, GW1)
+        return ({k: self.hashes[k[2]] for k in keys if k[2] in self.hashes},
+                {gw: last for gw in gateways if last is not None})
+
+
+def test_group_lookups_prefetch_a_group_s_questions_in_one_query() -> None:
+    storage = _Bulk({1: b"h1", 2: b"h2"})
+    lookups = GroupLookups(storage)
+    assert isinstance(storage, ChainLookups) and not isinstance(_Stored({}), ChainLookups)
+    lookups.add(1, _vb(3, b"h3"))                          # a group in hand
+    with lookups.prefetched([(UNIT, GW1, 4), (UNIT, GW1, 6)]):
+        # seq 3 is in hand: not asked; 4, 5 and 6 are, with the gateway's last batch
+        assert storage.bulk == [([(UNIT, GW1, 4), (UNIT, GW1, 5), (UNIT, GW1, 6)],
+                                 [(UNIT, GW1)])]
+        storage.hashes[5] = b"h5"                          # stored meanwhile by another
+        assert lookups.batch_hash(UNIT, GW1, 4) is None
+        assert lookups.batch_hash(UNIT, GW1, 5) is None    # this group's answer stands
+        assert lookups.batch_hash(UNIT, GW1, 3) == b"h3"
+        assert lookups.last_batch(UNIT, GW1) == (3, b"h3")
+        lookups.commit(1)                                  # group 1 stored meanwhile
+        assert lookups.last_batch(UNIT, GW1) == (3, b"h3")
+        assert storage.asked == 0
+    assert lookups.batch_hash(UNIT, GW1, 5) == b"h5" and storage.asked == 1   # asked again
+    assert lookups.last_batch(UNIT, GW1) == (5, b"h5")
 
 
 # --- with a broker ----------------------------------------------------------------------------

@@ -194,6 +194,18 @@ def test_quarantined_records_are_kept_and_counted(storage: Storage) -> None:
 
 # ---------------------------------------------------------------- chain, inventory, pins
 
+def test_stored_chain_answers_a_group_s_questions(storage: Storage) -> None:
+    one, two = sealed(1, readings(points(1), [T0])), sealed(2, readings(points(1), [T0 + 1]))
+    other = sealed(7, readings(points(1), [T0]), gateway="GW0002")
+    storage.store([one, two, other])
+    hashes, lasts = storage.stored_chain(
+        [(UNIT, "GW0001", 1), (UNIT, "GW0001", 3), (UNIT, "GW0002", 7), (UNIT, "GW0003", 1)],
+        [(UNIT, "GW0001"), (UNIT, "GW0002"), (UNIT, "GW0003")])
+    assert hashes == {(UNIT, "GW0001", 1): one.hash, (UNIT, "GW0002", 7): other.hash}
+    assert lasts == {(UNIT, "GW0001"): (2, two.hash), (UNIT, "GW0002"): (7, other.hash)}
+    assert storage.stored_chain([], []) == ({}, {})
+
+
 def test_missing_seqs_finds_gaps_and_they_close(storage: Storage) -> None:
     for seq in (1, 2, 5, 9):
         storage.store([sealed(seq, readings(points(1), [T0 + seq * 60_000]))])
