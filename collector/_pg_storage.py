@@ -73,6 +73,7 @@ from ._storage import (
     now_ms,
     plan_store,
     quarantine_row,
+    reading_codes,
     reading_rows,
     readings_query,
 )
@@ -88,19 +89,18 @@ _RETRIES = 5
 _ITERSIZE = 2000
 # COPY's binary format (PostgreSQL documentation, COPY, "Binary Format"): a signature, a flags
 # field and a header extension length (both 0); per row a 16-bit field count, then each field
-# as a 32-bit length and its big-endian bytes (int8, float8, int4, int4, int2, int2 here: the
-# staging table's columns); a 16-bit -1 at the end. Packed with struct: a third of the time
-# psycopg's per-row write_row takes (bench/bench_ingest.py).
+# as a 32-bit length and its big-endian bytes (int4, int8, int4, int2, float8, int2 here:
+# _COPY_COLUMNS, reading_rows' order); a 16-bit -1 at the end. Packed with struct: a third of
+# the time psycopg's per-row write_row takes (bench/bench_ingest.py).
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_ROW = struct.Struct(">hiqidiiiiihih")
+_COPY_ROW = struct.Struct(">hiiiqiiihidih")
 _COPY_TRAILER = struct.pack(">h", -1)
 _CREATE_STAGING = ("CREATE TEMPORARY TABLE IF NOT EXISTS kemon_staging (ts int8, value float8,"
                    " gateway_id int4, point_id int4, period int2, quality int2)"
                    " ON COMMIT DELETE ROWS")
-_COPY_STAGING = ("COPY kemon_staging (ts, value, gateway_id, point_id, period, quality)"
-                 " FROM STDIN (FORMAT BINARY)")
-_COPY_READING = ("COPY reading (ts, value, gateway_id, point_id, period, quality)"
-                 " FROM STDIN (FORMAT BINARY)")
+_COPY_COLUMNS = "(gateway_id, ts, point_id, period, value, quality)"
+_COPY_STAGING = f"COPY kemon_staging {_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)"
+_COPY_READING = f"COPY reading {_COPY_COLUMNS} FROM STDIN (FORMAT BINARY)"
 _MOVE_STAGING = (
     "WITH added AS ("
     " INSERT INTO reading (ts, value, gateway_id, point_id, period, quality)"
@@ -286,10 +286,9 @@ class PgStorage(SqlStorage):
         """Make sure every unit/gateway, point and quality of ``batches`` has a cached id
         (inserting new ones in their own committed statements)."""
         gateways = sorted({(vb.unit, vb.gateway) for vb in batches} - self._gateway_ids.keys())
-        points = sorted({r.point for vb in batches for r in vb.batch.readings}
-                        - self._point_ids.keys())
-        words = sorted({str(r.quality) for vb in batches for r in vb.batch.readings}
-                       - self._quality_ids.keys())
+        codes, qualities = reading_codes(batches)
+        points = sorted(codes - self._point_ids.keys())
+        words = sorted(qualities - self._quality_ids.keys())
         if gateways:
             self._intern_gateways(conn, gateways)
         if points:
@@ -359,8 +358,8 @@ class PgStorage(SqlStorage):
         if rows_in:
             pack = _COPY_ROW.pack
             data = _COPY_HEADER + b"".join([
-                pack(6, 8, ts, 8, value, 4, gid, 4, pid, 2, period, 2, quality)
-                for ts, value, gid, pid, period, quality in rows_in]) + _COPY_TRAILER
+                pack(6, 4, gid, 8, ts, 4, pid, 2, period, 8, value, 2, quality)
+                for gid, ts, pid, period, value, quality in rows_in]) + _COPY_TRAILER
             fresh = all(vb.batch.kind == "data" for vb in plan.new)
             if not (fresh and self._copy_direct(conn, data)):
                 with conn.cursor() as cur:
@@ -369,7 +368,7 @@ class PgStorage(SqlStorage):
                     cur.execute(_MOVE_STAGING)
                     added = {int(g): int(n) for g, n in cur.fetchall()}
             else:
-                added = Counter(row[2] for row in rows_in)
+                added = Counter(row[0] for row in rows_in)
 
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", PG_LOCK_RELAY)
         if plan.new:

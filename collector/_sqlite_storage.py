@@ -50,6 +50,7 @@ from ._storage import (
     now_ms,
     plan_store,
     quarantine_row,
+    reading_codes,
     reading_rows,
     readings_query,
 )
@@ -68,7 +69,7 @@ _FETCH = 2000
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 5, 6, 10, 13, 14
 _UNAVAILABLE = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN}
 
-_INSERT_READING = ("INSERT INTO reading (ts, value, gateway_id, point_id, period, quality) "
+_INSERT_READING = ("INSERT INTO reading (gateway_id, ts, point_id, period, value, quality) "
                    "VALUES (?, ?, ?, ?, ?, ?) "
                    "ON CONFLICT (gateway_id, ts, point_id, period) DO NOTHING")
 _INSERT_BATCH = ("INSERT INTO batch (gateway_id, seq, hash, prev, kind, chain, created, received,"
@@ -247,18 +248,17 @@ class SqliteStorage(SqlStorage):
             key = (vb.unit, vb.gateway)
             if key not in known.gateways and key not in fresh.gateways:
                 fresh.gateways[key] = self._gateway_id(conn, *key)
-            for r in vb.batch.readings:
-                if r.point not in known.points and r.point not in fresh.points:
-                    conn.execute("INSERT INTO point (code) VALUES (?) "
-                                 "ON CONFLICT (code) DO NOTHING", (r.point,))
-                    fresh.points[r.point] = conn.execute(
-                        "SELECT id FROM point WHERE code = ?", (r.point,)).fetchone()[0]
-                word = str(r.quality)
-                if word not in known.qualities and word not in fresh.qualities:
-                    conn.execute("INSERT INTO quality (word) VALUES (?) "
-                                 "ON CONFLICT (word) DO NOTHING", (word,))
-                    fresh.qualities[word] = conn.execute(
-                        "SELECT id FROM quality WHERE word = ?", (word,)).fetchone()[0]
+        points, words = reading_codes(batches)
+        for code in sorted(points - known.points.keys()):
+            conn.execute("INSERT INTO point (code) VALUES (?) ON CONFLICT (code) DO NOTHING",
+                         (code,))
+            fresh.points[code] = conn.execute("SELECT id FROM point WHERE code = ?",
+                                              (code,)).fetchone()[0]
+        for word in sorted(words - known.qualities.keys()):
+            conn.execute("INSERT INTO quality (word) VALUES (?) ON CONFLICT (word) DO NOTHING",
+                         (word,))
+            fresh.qualities[word] = conn.execute("SELECT id FROM quality WHERE word = ?",
+                                                 (word,)).fetchone()[0]
         if not (fresh.gateways or fresh.points or fresh.qualities):
             return known
         merged = _Codes()

@@ -33,6 +33,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote
@@ -412,21 +414,39 @@ class InventoryDelta:
         self.batches += 1
 
 
+_POINT, _PERIOD, _TS, _VALUE, _QUALITY = (itemgetter(i) for i in range(5))   # Reading's fields
+
+
 def reading_rows(batches: Sequence[VerifiedBatch], gateway_ids: Mapping[tuple[str, str], int],
                  point_ids: Mapping[str, int], quality_ids: Mapping[str, int],
-                 ) -> list[tuple[int, float, int, int, int, int]]:
-    """The ``reading`` rows (ts, value, gateway_id, point_id, period, quality) of
-    ``batches``, in key order (gateway_id, ts, point_id, period)."""
-    periods = PERIOD_CODES
-    rows: list[tuple[int, float, int, int, int, int]] = []
-    append = rows.append
+                 ) -> list[tuple[int, int, int, int, float, int]]:
+    """The ``reading`` rows (gateway_id, ts, point_id, period, value, quality) of
+    ``batches``, in key order (the first four columns are the key).
+
+    Column by column, each batch's columns zipped into rows (map and zip run in C: about
+    0.24 µs a reading against 0.37 reading by reading, bench/bench_ingest.py's stream); the
+    rows of one gateway's batches are nearly sorted already, which the sort finds."""
+    period_code, point_id, quality_id = (PERIOD_CODES.__getitem__, point_ids.__getitem__,
+                                         quality_ids.__getitem__)
+    rows: list[tuple[int, int, int, int, float, int]] = []
     for vb in batches:
-        gid = gateway_ids[vb.unit, vb.gateway]
-        for r in vb.batch.readings:
-            append((r.ts, r.value, gid, point_ids[r.point], periods[r.period],
-                    quality_ids[r.quality]))
-    rows.sort(key=lambda row: (row[2], row[0], row[3], row[4]))
+        rs = vb.batch.readings
+        rows += zip(repeat(gateway_ids[vb.unit, vb.gateway], len(rs)), map(_TS, rs),
+                    map(point_id, map(_POINT, rs)), map(period_code, map(_PERIOD, rs)),
+                    map(_VALUE, rs), map(quality_id, map(_QUALITY, rs)), strict=True)
+    rows.sort()
     return rows
+
+
+def reading_codes(batches: Sequence[VerifiedBatch]) -> tuple[set[str], set[str]]:
+    """The point codes and the quality words (as text) of ``batches``' readings."""
+    points: set[str] = set()
+    words: set[str] = set()
+    for vb in batches:
+        rs = vb.batch.readings
+        points.update(map(_POINT, rs))
+        words.update(map(_QUALITY, rs))
+    return points, {str(word) for word in words}
 
 
 def batch_row(vb: VerifiedBatch, gateway_id: int) -> tuple[Any, ...]:
