@@ -103,6 +103,47 @@ def peak_rss_kib() -> int:
     return 0
 
 
+class Sampler:
+    """A poor man's sampling profiler (``KEMON_BENCH_SAMPLE=<file>``): every few ms, the
+    innermost frames of every thread, counted; written to the file at the end. Sampling is
+    by wall clock, so a thread waiting (on the database, the socket) shows as waiting."""
+
+    def __init__(self, path: str, every: float = 0.002) -> None:
+        import collections
+        import threading
+        self.path = path
+        self.every = every
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import threading
+        me = threading.get_ident()
+        names = {}
+        while not self.done.wait(self.every):
+            names.update({t.ident: t.name for t in threading.enumerate()})
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                stack: list[str] = []
+                f: Any = frame
+                while f is not None and len(stack) < 4:
+                    code = f.f_code
+                    stack.append(f"{Path(code.co_filename).name}:{code.co_name}")
+                    f = f.f_back
+                self.counts[f"{names.get(ident, ident)} | " + " < ".join(stack)] += 1
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        total = sum(self.counts.values())
+        with open(self.path, "w") as out:
+            for line, n in self.counts.most_common(80):
+                out.write(f"{n:6d} {100 * n / total:5.1f}% {line}\n")
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -111,7 +152,12 @@ def main() -> int:
     mode = sys.stdin.readline().strip()
     if mode not in ("go", "prime"):
         return 2
+    import os
+    sample = os.environ.get("KEMON_BENCH_SAMPLE") if mode == "go" else None
+    sampler = Sampler(sample) if sample else None
     asyncio.run(run(args, mode))
+    if sampler is not None:
+        sampler.stop()
     return 0
 
 

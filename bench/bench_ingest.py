@@ -64,6 +64,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime as dt
+import gc
 import io
 import json
 import logging
@@ -84,6 +85,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +103,7 @@ from bench._ingest_stream import (  # noqa: E402
     publish_stream,
 )
 from bench.bench_drain import machine  # noqa: E402
+from collector._ingest import _GC_OLDER, _GC_YOUNG  # noqa: E402
 from collector._ingest_stages import Stages  # noqa: E402
 from collector._ingest_state import GroupLookups  # noqa: E402
 from collector._mqtt import Incoming  # noqa: E402
@@ -121,6 +124,7 @@ GOAL_READINGS_S = 100_000   # issue 4: ≥ 100,000 readings/s into each back end
 GOAL_RATIO = 0.5            # … and ≥ 0.5 of the lower ceiling
 GOAL_SCALING = 1.6          # two processes ≥ 1.6x one
 RUN_TIMEOUT = 900.0
+_INGEST_GC = (_GC_YOUNG, _GC_OLDER, _GC_OLDER)
 CHILD = Path(__file__).resolve().parent / "_ingest_child.py"
 MOSQUITTO_SUB = "mosquitto_sub"
 
@@ -136,10 +140,52 @@ class KemonRun:
     seconds: float
     groups: int
     maxrss_kib: tuple[int, ...]
+    cpu_s: dict[str, float]             # CPU seconds during the run: collector, broker, database
+    split: tuple[int, ...]              # messages each process took
+    phases: tuple[float, float]         # seconds from go to the first message, first PUBACK
 
     @property
     def rate(self) -> float:
         return self.readings / self.seconds
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants (those that can still be read)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+class CpuWatch:
+    """CPU time (user + system) of the collector processes, the broker and the PostgreSQL
+    server (postmaster and every backend) between :meth:`start` and :meth:`stop`. A process
+    that starts meanwhile (a new backend) counts from zero; one that ends meanwhile is lost
+    (none does during a timed run)."""
+
+    def __init__(self, parts: dict[str, list[int]]) -> None:
+        self.parts = parts
+        self._began: dict[tuple[str, int], float] = {}
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        out: dict[tuple[str, int], float] = {}
+        for name, pids in self.parts.items():
+            for pid in pids:
+                for proc in _tree(pid):
+                    with contextlib.suppress(psutil.Error):
+                        t = proc.cpu_times()
+                        out[name, proc.pid] = t.user + t.system
+        return out
+
+    def start(self) -> None:
+        self._began = self._read()
+
+    def stop(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.parts, 0.0)
+        for (name, pid), now in self._read().items():
+            totals[name] += now - self._began.get((name, pid), 0.0)
+        return totals
 
 
 class Child:
@@ -192,6 +238,7 @@ class Bench:
     collector: ClientFiles
     streams: list[GatewayStream]
     runs: int = 0
+    postmaster: int | None = None       # the PostgreSQL server's pid (for CPU accounting)
 
     @property
     def messages(self) -> int:
@@ -247,9 +294,17 @@ class Bench:
             if doc is None:
                 raise RuntimeError(children[index].failure())
             ready.add(index)
+        parts = {"collector": [c.proc.pid for c in children],
+                 "broker": [self.broker.proc.pid] if self.broker.proc is not None else []}
+        if backend == "postgresql" and self.postmaster is not None:
+            parts["database"] = [self.postmaster]
+        cpu = CpuWatch(parts)
+        cpu.start()
         for c in children:
             c.say("go")
         latest: dict[int, dict[str, Any]] = {}
+        first_message: dict[int, float] = {}
+        first_ack: dict[int, float] = {}
         deadline = time.monotonic() + RUN_TIMEOUT
         while sum(d["acked"] for d in latest.values()) < self.messages:
             try:
@@ -259,7 +314,12 @@ class Bench:
             if doc is None:
                 raise RuntimeError(children[index].failure())
             latest[index] = doc
+            if doc["messages"] and index not in first_message:
+                first_message[index] = doc["t"]
+            if doc["acked"] and index not in first_ack:
+                first_ack[index] = doc["t"]
         end = max(d["t"] for d in latest.values())
+        cpu_s = cpu.stop()
         for c in children:
             c.say("stop")
         finals: dict[int, dict[str, Any]] = {}
@@ -272,6 +332,7 @@ class Bench:
             if doc.get("final"):
                 finals[index] = doc
         began = min(d["t0"] for d in finals.values())
+        phases = (min(first_message.values()) - began, min(first_ack.values()) - began)
         readings = sum(d["readings"] for d in finals.values())
         quarantined = sum(d["quarantined"] for d in finals.values())
         if readings != self.readings or quarantined:
@@ -279,7 +340,8 @@ class Bench:
                                f"{quarantined} quarantined: {finals}")
         return KemonRun(backend, processes, readings, self.messages, end - began,
                         sum(d["groups"] for d in finals.values()),
-                        tuple(d["maxrss_kib"] for d in finals.values()))
+                        tuple(d["maxrss_kib"] for d in finals.values()), cpu_s,
+                        tuple(finals[i]["messages"] for i in sorted(finals)), phases)
 
     # --------------------------------------------------------------------- ceiling 1
 
@@ -402,6 +464,8 @@ def stages_alone(bench: Bench, database: str, backend: str,
     from cryptography import x509
 
     writer, reader = open_storage(database), open_storage(database)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*_INGEST_GC)          # the collector process's (tune_gc_for_ingest)
     try:
         lookups = GroupLookups(reader)
         ca = x509.load_pem_x509_certificate(bench.collector.ca_path.read_bytes())
@@ -427,6 +491,7 @@ def stages_alone(bench: Bench, database: str, backend: str,
         if sum(1 for _ in writer.readings()) != bench.readings:
             raise RuntimeError("stages alone: not every reading stored")
     finally:
+        gc.set_threshold(*thresholds)
         writer.close()
         reader.close()
     return StageTimes(backend, verify_s, store_s)
@@ -520,6 +585,28 @@ def report(bench: Bench, res: Results) -> None:
               f"{n / max(groups, 1):,.0f} readings a group on average")
 
 
+def cpu_line(cpu_s: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu_s.items())
+
+
+def cpu_report(bench: Bench, res: Results) -> None:
+    """Where the CPU went during the Kemon runs (medians): the collector process(es), the
+    broker, the PostgreSQL server; and how many of the machine's cores that is."""
+    print(f"\nCPU during the Kemon runs (seconds, medians; the machine has {os.cpu_count()} "
+          "cores)")
+    print("| back end | processes | wall s | collector CPU s | broker CPU s | database CPU s "
+          "| cores busy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for (backend, processes), runs in sorted(res.kemon.items()):
+        wall = median([r.seconds for r in runs])
+        parts = {name: median([r.cpu_s.get(name, 0.0) for r in runs])
+                 for name in ("collector", "broker", "database")}
+        busy = sum(parts.values()) / wall
+        database = f"{parts['database']:.2f}" if backend == "postgresql" else "(in-process)"
+        print(f"| {backend} | {processes} | {wall:.2f} | {parts['collector']:.2f} | "
+              f"{parts['broker']:.2f} | {database} | {busy:.2f} |")
+
+
 def print_profile(profile: cProfile.Profile, title: str, lines: int = 35) -> None:
     for order in ("tottime", "cumulative"):
         out = io.StringIO()
@@ -573,7 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Broker(pki, work / "broker", collectors=("bench",),
                     max_inflight_messages=BROKER_INFLIGHT,
                     max_queued_messages=max(100_000, 2 * total)) as broker:
-            bench = Bench(work, broker, pki.collector("bench"), streams)
+            bench = Bench(work, broker, pki.collector("bench"), streams,
+                          postmaster=int((pg.data / "postmaster.pid").read_text().split()[0]))
             publish_births(broker, streams)
             res = Results({}, [], {b: [] for b in backends}, {})
             databases = iter(range(1, 10_000))
@@ -595,7 +683,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"round {r + 1}: Kemon {backend} x{processes}: "
                               f"{run.seconds:.2f} s, {run.rate:,.0f} readings/s, "
                               f"{run.groups} groups, peak RSS "
-                              f"{max(run.maxrss_kib) / 1024:.0f} MiB", flush=True)
+                              f"{max(run.maxrss_kib) / 1024:.0f} MiB, messages per process "
+                              f"{run.split}, first message/PUBACK after "
+                              f"{run.phases[0]:.2f}/{run.phases[1]:.2f} s, CPU s "
+                              f"{cpu_line(run.cpu_s)}; load "
+                              f"{os.getloadavg()[0]:.2f}", flush=True)
                     if backend == "sqlite":
                         seconds = sqlite_ceiling(work / f"ceiling-{r}.db", rows)
                     else:
@@ -609,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               f"{times.verify_s:.2f} s, store {times.store_s:.2f} s",
                               flush=True)
             report(bench, res)
+            cpu_report(bench, res)
             if args.profile:
                 for backend in backends:
                     profile = cProfile.Profile()
