@@ -203,10 +203,10 @@ def test_every_batch_arrives_in_order_and_the_cursor_ends_at_the_last(
     outbox = MemoryOutbox(count, size=2000)
     uplink = make_uplink(destination(broker.url, gw_files), outbox)
 
-    async def scenario() -> float:
+    async def scenario() -> None:
         async with running(uplink):
             await until(lambda: uplink.connected, 5, "connected")
-            drained = await until(lambda: uplink.acked_seq == count, 30, "all acknowledged")
+            await until(lambda: uplink.acked_seq == count, 60, "all acknowledged")
             assert uplink.last_connected is not None
             outbox.add(50)                     # sealed later: notify() sends them at once
             uplink.notify()
@@ -214,10 +214,8 @@ def test_every_batch_arrives_in_order_and_the_cursor_ends_at_the_last(
             assert took < 0.9                  # not the one-second idle poll
         assert outbox.acked_seq("province") == count + 50   # stored on stop
         assert len(outbox.acks) < count / 10                # grouped, not one per batch
-        return drained
 
-    drained = asyncio.run(scenario())
-    assert count / drained >= 1000, f"{count / drained:.0f} batches/s"
+    asyncio.run(scenario())     # (speed is bench/bench_drain.py's business, not a test's)
     data = [seq_of(m) for m in drain(collector, DATA)]
     assert data == list(range(1, count + 51))
 

@@ -663,14 +663,10 @@ def test_bytearray_and_memoryview_payloads_are_accepted() -> None:
 def test_ten_megabytes_are_refused_by_size_before_anything_else() -> None:
     v, _ = verifier(ExplodingLookups())
     huge = sealed(1) + b"\x00" * 10_000_000
-    started = time.perf_counter()
-    q = v.batch(DATA, huge)
-    elapsed = time.perf_counter() - started
-    q = quarantined(q, "size")
+    q = quarantined(v.batch(DATA, huge), "size")     # the lookups would explode if asked
     assert "10000" in q.reason.replace(",", "")
     assert len(q.payload) == QUARANTINE_KEEP and q.payload == huge[:QUARANTINE_KEEP]
     assert q.unit is None and q.seq is None      # not even the topic was parsed
-    assert elapsed < 0.05, elapsed
 
 
 def test_max_payload_is_configurable() -> None:
