@@ -51,7 +51,9 @@ database's own speed for these rows.
 the two ceilings for that back end. Issue 4's goals: ≥ 100,000 readings/s into each back end
 and ≥ 0.5 of the lower ceiling; two collector processes in one share group ≥ 1.6x one. Peak
 RSS is the collector process's (``VmHWM``). Every figure is the median of ``--rounds``
-runs (default 3).
+runs (default 3). Beside them, the CPU seconds the collector process(es), the broker and the
+PostgreSQL server (postmaster and backends) used during each Kemon run (psutil), and how many
+cores that keeps busy: on a 2-core machine that says whether two processes can scale at all.
 
 The broker is tests/brokers.py's Mosquitto (mutual TLS, the Kemon ACL, persistence) with
 ``max_inflight_messages 1000``; PostgreSQL is tests/pg.py's private cluster (a fresh
