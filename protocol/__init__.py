@@ -13,11 +13,14 @@ from ._batch import (
     BatchFormatError,
     BatchHeader,
     BatchSignatureError,
+    ColumnBatch,
     batch_hash,
     peek,
     seal,
     unseal,
+    unseal_columns,
 )
+from ._batch_codec import ReadingColumns
 from ._credit import (
     CREDIT_ALPHABET,
     CreditCodeError,
@@ -61,6 +64,7 @@ __all__ = [
     "BatchFormatError",
     "BatchHeader",
     "BatchSignatureError",
+    "ColumnBatch",
     "CreditCodeError",
     "DataItemCode",
     "Direction",
@@ -68,6 +72,7 @@ __all__ = [
     "Period",
     "Quality",
     "Reading",
+    "ReadingColumns",
     "Topic",
     "batch_hash",
     "credit_check_char",
@@ -90,6 +95,7 @@ __all__ = [
     "topic",
     "topic_filter",
     "unseal",
+    "unseal_columns",
     "validate_credit_code",
     "validate_gateway_id",
     "validate_kind",

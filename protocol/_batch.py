@@ -55,6 +55,7 @@ import logging
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -66,7 +67,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ._batch_codec import MAX_READINGS, check_ts, decode_body, encode_body
+from ._batch_codec import (
+    MAX_READINGS,
+    ReadingColumns,
+    check_ts,
+    decode_body,
+    decode_columns,
+    encode_body,
+)
 from ._credit import CreditCodeError, validate_credit_code
 from ._identifiers import validate_gateway_id
 from ._reading import Reading
@@ -80,10 +88,12 @@ __all__ = [
     "BatchFormatError",
     "BatchHeader",
     "BatchSignatureError",
+    "ColumnBatch",
     "batch_hash",
     "peek",
     "seal",
     "unseal",
+    "unseal_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -141,6 +151,39 @@ class BatchHeader:
     kind: str
     created: int
     count: int
+
+
+@dataclass(frozen=True)
+class ColumnBatch:
+    """What :func:`unseal_columns` returns: a :class:`Batch`'s fields with its readings as
+    columns (``columns``), for a consumer that stores columns (the collector). ``readings``
+    (the Reading tuple, as :attr:`Batch.readings`) is built the first time it is asked for;
+    :meth:`to_batch` gives the plain Batch."""
+
+    unit: str
+    gateway: str
+    seq: int
+    prev: bytes
+    kind: str
+    created: int
+    columns: ReadingColumns
+    info: Mapping[str, Any] | None = None
+
+    @property
+    def count(self) -> int:
+        """How many readings the batch holds."""
+        return len(self.columns)
+
+    @cached_property
+    def readings(self) -> tuple[Reading, ...]:
+        """The readings as :class:`Reading` tuples (built once, on first use)."""
+        return self.columns.readings()
+
+    def to_batch(self) -> Batch:
+        """The same batch as a plain :class:`Batch`."""
+        return Batch(unit=self.unit, gateway=self.gateway, seq=self.seq, prev=self.prev,
+                     kind=self.kind, created=self.created, readings=self.readings,
+                     info=self.info)
 
 
 # ---------------------------------------------------------------- sealing
@@ -249,18 +292,38 @@ def unseal(sealed: bytes, public_key: PublicKeyTypes | None) -> Batch:
     already verified). ``BatchSignatureError`` when it does not verify; ``BatchFormatError``
     for anything malformed. The signature is checked before the body is inflated.
     """
+    header, body, count = _open(sealed, public_key)
+    try:
+        readings, info = decode_body(body, count)
+    except ValueError as exc:
+        raise BatchFormatError(f"batch {header.seq}: {exc}") from None
+    return Batch(unit=header.unit, gateway=header.gateway, seq=header.seq, prev=header.prev,
+                 kind=header.kind, created=header.created, readings=readings, info=info)
+
+
+def unseal_columns(sealed: bytes, public_key: PublicKeyTypes | None) -> ColumnBatch:
+    """As :func:`unseal` (the same checks, the same errors), with the readings as columns:
+    what a consumer that stores columns wants, without a Reading object a reading."""
+    header, body, count = _open(sealed, public_key)
+    try:
+        columns, info = decode_columns(body, count)
+    except ValueError as exc:
+        raise BatchFormatError(f"batch {header.seq}: {exc}") from None
+    return ColumnBatch(unit=header.unit, gateway=header.gateway, seq=header.seq,
+                       prev=header.prev, kind=header.kind, created=header.created,
+                       columns=columns, info=info)
+
+
+def _open(sealed: bytes, public_key: PublicKeyTypes | None) -> tuple[BatchHeader, bytes, int]:
+    """(header, compressed body, count): the envelope parsed and, with a key, its signature
+    verified (before anything is inflated)."""
     header, algorithm, body_at = _parse(sealed)
     sealed = bytes(sealed)
     signed_end = len(sealed) - SIGNATURE_BYTES
     if public_key is not None:
         _verify(public_key, algorithm, memoryview(sealed)[:signed_end],
                 sealed[signed_end:], header.seq)
-    try:
-        readings, info = decode_body(sealed[body_at:signed_end], header.count)
-    except ValueError as exc:
-        raise BatchFormatError(f"batch {header.seq}: {exc}") from None
-    return Batch(unit=header.unit, gateway=header.gateway, seq=header.seq, prev=header.prev,
-                 kind=header.kind, created=header.created, readings=readings, info=info)
+    return header, sealed[body_at:signed_end], header.count
 
 
 def _parse(sealed: bytes) -> tuple[BatchHeader, int, int]:

@@ -53,8 +53,9 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -69,9 +70,11 @@ __all__ = [
     "MAX_READINGS",
     "TS_MAX",
     "TS_MIN",
+    "ReadingColumns",
     "check_info",
     "check_ts",
     "decode_body",
+    "decode_columns",
     "encode_body",
 ]
 
@@ -430,9 +433,54 @@ def _values(kinds: bytes, point_ix: list[int], period_ix: bytes, body: _Body) ->
     return values
 
 
-def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str, Any] | None]:
-    """The readings and info in a compressed body that the header says holds ``count``
-    readings; ``ValueError`` with a one-line reason when anything is wrong."""
+@dataclass(frozen=True, slots=True)
+class ReadingColumns:
+    """A batch's readings as the body holds them: column by column, each checked.
+
+    Reading ``i`` is ``Reading(points[point_ix[i]], PERIODS[period_ix[i]], ts[i], values[i],
+    qualities[quality_ix[i]])``: the tables (``points``, ``qualities``) hold each distinct
+    point code and quality word once, in order of first use. For a consumer that needs columns
+    rather than :class:`Reading` objects (the collector's storage: interned ids per table
+    entry, then one ``map`` a column); :meth:`readings` builds the Reading tuples.
+    """
+
+    points: tuple[str, ...]
+    qualities: tuple[str, ...]
+    point_ix: list[int]
+    period_ix: bytes
+    quality_ix: list[int]
+    ts: list[int]
+    values: list[float]
+
+    PERIODS: ClassVar[tuple[Period, ...]] = _PERIODS   # period_ix's table
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def readings(self) -> tuple[Reading, ...]:
+        """The readings, in batch order."""
+        points, periods, qualities = self.points, _PERIODS, self.qualities
+        new = tuple.__new__
+        return tuple([new(Reading, row) for row in zip(
+            [points[pi] for pi in self.point_ix], [periods[per] for per in self.period_ix],
+            self.ts, self.values, [qualities[qi] for qi in self.quality_ix], strict=True)])
+
+    @classmethod
+    def of(cls, readings: Sequence[Reading]) -> ReadingColumns:
+        """The columns of ``readings`` (already valid: a Batch's, as sealed or unsealed)."""
+        point_tab: dict[str, int] = {}
+        quality_tab: dict[str, int] = {}
+        point_ix = [point_tab.setdefault(r.point, len(point_tab)) for r in readings]
+        quality_ix = [quality_tab.setdefault(r.quality, len(quality_tab)) for r in readings]
+        return cls(points=tuple(point_tab), qualities=tuple(quality_tab), point_ix=point_ix,
+                   period_ix=bytes([_PERIOD_IX[r.period] for r in readings]),
+                   quality_ix=quality_ix, ts=[r.ts for r in readings],
+                   values=[r.value for r in readings])
+
+
+def decode_columns(data: bytes, count: int) -> tuple[ReadingColumns, dict[str, Any] | None]:
+    """The readings (as columns) and info in a compressed body that the header says holds
+    ``count`` readings; ``ValueError`` with a one-line reason when anything is wrong."""
     if not 0 <= count <= MAX_READINGS:
         raise ValueError(f"{count} readings, at most {MAX_READINGS} a batch")
     try:
@@ -441,8 +489,8 @@ def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str,
         raise ValueError(f"body does not follow the schema: {exc}") from None
     _lengths(body, count)
     info = check_info(body.info)
-    points = [_check_point(code) for code in body.points]
-    qualities = [_check_quality(word) for word in body.qualities]
+    points = tuple([_check_point(code) for code in body.points])
+    qualities = tuple([_check_quality(word) for word in body.qualities])
     if len(set(points)) != len(points) or len(set(qualities)) != len(qualities):
         raise ValueError("a table lists the same entry twice")
     n_points, n_qualities, n_periods = len(points), len(qualities), len(_PERIODS)
@@ -468,9 +516,13 @@ def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str,
     if not all(map(math.isfinite, values)):
         bad = next(i for i, value in enumerate(values) if not math.isfinite(value))
         raise ValueError(f"reading {bad}: value is not finite")
-    periods = _PERIODS
-    new = tuple.__new__
-    out = [new(Reading, row) for row in zip([points[pi] for pi in point_ix],
-                                            [periods[per] for per in period_ix], times, values,
-                                            [qualities[qi] for qi in quality_ix], strict=True)]
-    return tuple(out), info
+    return ReadingColumns(points=points, qualities=qualities, point_ix=point_ix,
+                          period_ix=period_ix, quality_ix=quality_ix, ts=times,
+                          values=values), info
+
+
+def decode_body(data: bytes, count: int) -> tuple[tuple[Reading, ...], dict[str, Any] | None]:
+    """The readings and info in a compressed body that the header says holds ``count``
+    readings; ``ValueError`` with a one-line reason when anything is wrong."""
+    columns, info = decode_columns(data, count)
+    return columns.readings(), info
