@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocol import Batch
+from protocol import Batch, ColumnBatch, ReadingColumns
 
 __all__ = ["GatewayStatus", "Quarantined", "VerifiedBatch"]
 
@@ -25,9 +25,13 @@ class VerifiedBatch:
     batch seen from this gateway), ``"after_gap"`` (seqs are missing before it: a resend is
     requested), or ``"duplicate"`` (this very batch is stored already: acknowledge, store
     nothing); ``via``: the relay path it came through (empty when straight from the gateway).
+
+    ``batch`` is a :class:`protocol.ColumnBatch` when the verifier made it (the readings as
+    columns; ``batch.readings`` is built only when asked for), or a plain ``Batch``;
+    :attr:`columns` gives the columns either way (what storage writes).
     """
 
-    batch: Batch
+    batch: Batch | ColumnBatch
     payload: bytes
     hash: bytes
     received: int
@@ -45,6 +49,18 @@ class VerifiedBatch:
     @property
     def seq(self) -> int:
         return self.batch.seq
+
+    @property
+    def count(self) -> int:
+        """How many readings the batch holds."""
+        b = self.batch
+        return b.count if isinstance(b, ColumnBatch) else len(b.readings)
+
+    @property
+    def columns(self) -> ReadingColumns:
+        """The batch's readings as columns."""
+        b = self.batch
+        return b.columns if isinstance(b, ColumnBatch) else ReadingColumns.of(b.readings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ Checks on a batch, in order (each one cheaper than the next, so junk costs littl
                 the client certificate's CN; the header ties the signed bytes to it)
     certificate a certificate pinned for that gateway (from its birth message), else
                 ``certificate``: "no certificate known …: waiting for its birth message"
-    signature   protocol.unseal with the pinned key (checked before the body is inflated)
+    signature   protocol.unseal_columns with the pinned key (checked before the body is
+                inflated; the readings stay columns: what storage writes)
     chain       by seq and SHA-256 of the sealed bytes, against what storage holds:
                   seq stored, same hash        → VerifiedBatch chain="duplicate"
                   seq stored, other hash       → Quarantined "conflict"
@@ -98,15 +99,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from protocol import (
     MAX_SEALED_BYTES,
     ZERO_HASH,
-    Batch,
     BatchFormatError,
     BatchHeader,
     BatchSignatureError,
+    ColumnBatch,
     Topic,
     batch_hash,
     parse_topic,
     peek,
-    unseal,
+    unseal_columns,
 )
 from provisioning import URN_PREFIX, IdentityError, gateway_identity
 
@@ -376,7 +377,7 @@ class Verifier:
         return VerifiedBatch(batch=batch, payload=data, hash=digest, received=received,
                              chain=chain)
 
-    def _unseal(self, data: bytes, header: BatchHeader) -> Batch:
+    def _unseal(self, data: bytes, header: BatchHeader) -> ColumnBatch:
         unit, gateway = header.unit, header.gateway
         known = self._known(unit, gateway)
         if known is None:
@@ -551,12 +552,12 @@ def _topic(text: object, kind: str, ctx: _Context) -> Topic:
     return where
 
 
-def _try_keys(data: bytes, keys: Sequence[PublicKey]) -> Batch | None:
+def _try_keys(data: bytes, keys: Sequence[PublicKey]) -> ColumnBatch | None:
     """The batch, verified with the first key that verifies it; None when none does.
     ``_Reject("format")`` when the signature verifies but the body is malformed."""
     for key in keys:
         try:
-            return unseal(data, key)
+            return unseal_columns(data, key)
         except BatchSignatureError:
             continue
         except BatchFormatError as exc:
