@@ -20,7 +20,7 @@ from protocol import (
     unseal_columns,
 )
 
-from .test_batch import EC_KEY, ED_KEY, T0, body, envelope, make, packed, same, series
+from .test_batch import EC_KEY, ED_KEY, body, envelope, make, packed, same, series
 
 
 def bits(values: list[float]) -> list[bytes]:
