@@ -87,6 +87,9 @@ def decoded(streams: Sequence[GatewayStream]) -> list[tuple[str, tuple[Reading, 
     return [(s.gateway, unseal(payload, None).readings) for s, payload in interleaved(streams)]
 
 
+CONNECT_ATTEMPTS = 3      # a connection now and then gets no CONNACK (seen once in ~300)
+
+
 class _Publisher:
     """One gateway's paho connection (its own certificate: the ACL lets it write its topics)."""
 
@@ -97,18 +100,26 @@ class _Publisher:
         self.refused: list[str] = []
         self.done = threading.Event()
         self._connected = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=MQTTProtocolVersion.MQTTv5,
-                                  reconnect_on_failure=False)
-        self.client.tls_set_context(tls_context(stream.files.ca_path, stream.files))
-        self.client.max_inflight_messages_set(PUBLISH_WINDOW)
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
-        self.client.connect(broker.host, broker.port, keepalive=60)
-        self.client.loop_start()
-        if not self._connected.wait(10):
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            self.client = self._connect(broker, stream, client_id)
+            if self._connected.wait(10):
+                break
             self.close()
-            raise RuntimeError(f"{stream.gateway}: no CONNACK within 10 s")
+            print(f"  ({stream.gateway}: no CONNACK within 10 s, attempt {attempt} of "
+                  f"{CONNECT_ATTEMPTS})", flush=True)
+        else:
+            raise RuntimeError(f"{stream.gateway}: no CONNACK in {CONNECT_ATTEMPTS} attempts")
+
+    def _connect(self, broker: Broker, stream: GatewayStream, client_id: str) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        client.tls_set_context(tls_context(stream.files.ca_path, stream.files))
+        client.max_inflight_messages_set(PUBLISH_WINDOW)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.connect(broker.host, broker.port, keepalive=60)
+        client.loop_start()
+        return client
 
     def _on_connect(self, _c: paho.Client, _u: Any, _f: paho.ConnectFlags, reason: ReasonCode,
                     _p: Any) -> None:
