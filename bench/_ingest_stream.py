@@ -155,6 +155,12 @@ class _Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho's client holds our bound methods, we hold it: a cycle only a full garbage
+        # collection frees, and until then its socket and wake-up socket pair stay open. In
+        # a long run the file descriptors pass 1,024, which paho's select() cannot watch:
+        # its thread dies and the next CONNACK is never read. Break the cycle.
+        self.client.on_connect = None
+        self.client.on_publish = None
 
 
 def publish_births(broker: Broker, streams: Sequence[GatewayStream]) -> None:

@@ -82,7 +82,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -626,6 +626,40 @@ def postgres() -> Iterator[PostgresCluster]:
         cluster.stop()
 
 
+
+def rounds(args: argparse.Namespace, bench: Bench, res: Results, backends: Sequence[str],
+           database: Callable[[str], str], rows: Any, pg: Any, work: Path) -> None:
+    """The timed rounds (printing each figure as it comes)."""
+    for r in range(args.rounds):
+        seconds = bench.broker_ceiling()
+        res.broker_s.append(seconds)
+        print(f"round {r + 1}: mosquitto_sub {seconds:.2f} s", flush=True)
+        for backend in backends:
+            for processes in (1,) if args.no_two else (1, 2):
+                run = bench.kemon(backend, database(backend), processes)
+                res.kemon.setdefault((backend, processes), []).append(run)
+                print(f"round {r + 1}: Kemon {backend} x{processes}: "
+                      f"{run.seconds:.2f} s, {run.rate:,.0f} readings/s, "
+                      f"{run.groups} groups, peak RSS "
+                      f"{max(run.maxrss_kib) / 1024:.0f} MiB, messages per process "
+                      f"{run.split}, first message/PUBACK after "
+                      f"{run.phases[0]:.2f}/{run.phases[1]:.2f} s, CPU s "
+                      f"{cpu_line(run.cpu_s)}; load "
+                      f"{os.getloadavg()[0]:.2f}; open files "
+                      f"{len(os.listdir('/proc/self/fd'))}", flush=True)
+            if backend == "sqlite":
+                seconds = sqlite_ceiling(work / f"ceiling-{r}.db", rows)
+            else:
+                seconds = pg_ceiling(pg.create_database(f"ceiling_{r}"), rows)
+            res.storage_s[backend].append(seconds)
+            print(f"round {r + 1}: bare insert {backend}: {seconds:.2f} s", flush=True)
+            if not args.no_stages:
+                times = stages_alone(bench, database(backend), backend)
+                res.stages.setdefault(backend, []).append(times)
+                print(f"round {r + 1}: stages alone {backend}: verify "
+                      f"{times.verify_s:.2f} s, store {times.store_s:.2f} s",
+                      flush=True)
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--readings", type=int, default=READINGS,
@@ -674,34 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return f"sqlite:///{work / f'collector-{k}.db'}"
                 return pg.create_database(f"bench_{k}")
 
-            for r in range(args.rounds):
-                seconds = bench.broker_ceiling()
-                res.broker_s.append(seconds)
-                print(f"round {r + 1}: mosquitto_sub {seconds:.2f} s", flush=True)
-                for backend in backends:
-                    for processes in (1,) if args.no_two else (1, 2):
-                        run = bench.kemon(backend, database(backend), processes)
-                        res.kemon.setdefault((backend, processes), []).append(run)
-                        print(f"round {r + 1}: Kemon {backend} x{processes}: "
-                              f"{run.seconds:.2f} s, {run.rate:,.0f} readings/s, "
-                              f"{run.groups} groups, peak RSS "
-                              f"{max(run.maxrss_kib) / 1024:.0f} MiB, messages per process "
-                              f"{run.split}, first message/PUBACK after "
-                              f"{run.phases[0]:.2f}/{run.phases[1]:.2f} s, CPU s "
-                              f"{cpu_line(run.cpu_s)}; load "
-                              f"{os.getloadavg()[0]:.2f}", flush=True)
-                    if backend == "sqlite":
-                        seconds = sqlite_ceiling(work / f"ceiling-{r}.db", rows)
-                    else:
-                        seconds = pg_ceiling(pg.create_database(f"ceiling_{r}"), rows)
-                    res.storage_s[backend].append(seconds)
-                    print(f"round {r + 1}: bare insert {backend}: {seconds:.2f} s", flush=True)
-                    if not args.no_stages:
-                        times = stages_alone(bench, database(backend), backend)
-                        res.stages.setdefault(backend, []).append(times)
-                        print(f"round {r + 1}: stages alone {backend}: verify "
-                              f"{times.verify_s:.2f} s, store {times.store_s:.2f} s",
-                              flush=True)
+            try:
+                rounds(args, bench, res, backends, database, rows, pg, work)
+            except Exception:
+                print("broker log, last lines:\n" + "\n".join(
+                    broker.log_text().splitlines()[-25:]), file=sys.stderr)
+                raise
             report(bench, res)
             cpu_report(bench, res)
             if args.profile:
