@@ -67,8 +67,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import parse_topic, topic, topic_filter
-from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting
-from protocol._mqtt_tls import client_tls_context
+from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting, tls_for
 from protocol._publish_flow import AckWindow, TokenBucket
 
 from ._broker import broker_address, client_id_for
@@ -272,11 +271,7 @@ class Relay:
     async def _connect(self) -> None:
         """One connection, from CONNECT to its end; always ends by raising."""
         up = self.upstream
-        try:
-            tls = client_tls_context(up.ca_file, up.cert_file, up.key_file) \
-                if self._tls else None
-        except (OSError, ValueError) as exc:
-            raise LinkError(f"cannot load the TLS files: {exc}") from None
+        tls = tls_for(self._tls, up.ca_file, up.cert_file, up.key_file)
         link = MqttLink(name=self.name, host=self._host, port=self._port,
                         client_id=self._client_id, keepalive=up.keepalive, tls=tls, will=None,
                         session_expiry=SESSION_EXPIRY, receive_maximum=RECEIVE_MAXIMUM,

@@ -40,8 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import parse_topic, topic, topic_filter
-from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting
-from protocol._mqtt_tls import client_tls_context
+from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting, tls_for
 from protocol._publish_flow import AckWindow, TokenBucket
 
 from ._model import DestinationConfig
@@ -174,11 +173,7 @@ class Uplink:
     async def _session(self) -> None:
         """One connection, from CONNECT to its end; always ends by raising."""
         dest = self.dest
-        try:
-            tls = client_tls_context(dest.ca_file, dest.cert_file, dest.key_file) \
-                if dest.tls else None
-        except (OSError, ValueError) as exc:
-            raise LinkError(f"cannot load TLS files: {exc}") from None
+        tls = tls_for(dest.tls, dest.ca_file, dest.cert_file, dest.key_file)
         now_ms = int(time.time() * 1000)
         will = json.dumps({"status": "offline", "reason": "connection lost",
                            "connected_at": now_ms}, separators=(",", ":")).encode()

@@ -23,6 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import paho.mqtt.client as mqtt
@@ -34,9 +35,9 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_random_exponential
 
 from protocol._mqtt_loop import PahoLoopLink
-from protocol._mqtt_tls import ClientTlsContext
+from protocol._mqtt_tls import ClientTlsContext, client_tls_context
 
-__all__ = ["ConnectInfo", "LinkError", "MqttLink", "Reconnect", "keep_connecting"]
+__all__ = ["ConnectInfo", "LinkError", "MqttLink", "Reconnect", "keep_connecting", "tls_for"]
 
 #: MQTT 5 (OASIS mqtt-v5.0, 3.2.2.3.3): Receive Maximum absent from CONNACK means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
@@ -162,3 +163,15 @@ async def keep_connecting(session: Callable[[], Awaitable[None]], *, name: str,
                     await session()
         except Reconnect:
             continue
+
+
+def tls_for(tls: bool, ca_file: Path | None, cert_file: Path | None,
+            key_file: Path | None) -> ClientTlsContext | None:
+    """The client TLS context of a connection (None for plain MQTT); files that cannot be
+    loaded are a ``LinkError`` (the connection fails and is tried again)."""
+    if not tls:
+        return None
+    try:
+        return client_tls_context(ca_file, cert_file, key_file)
+    except (OSError, ValueError) as exc:
+        raise LinkError(f"cannot load the TLS files: {exc}") from None
