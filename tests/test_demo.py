@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_kemon
+from .conftest import ROOT, kemon_cmd
 
 
 @pytest.mark.slow
 def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
-    res = run_kemon("demo", "--dir", str(tmp_path / "demo"), "--duration", "8", timeout=180)
+    # a relative --dir, as `make demo` gives it (demo-data, from the checkout)
+    res = subprocess.run(kemon_cmd("demo", "--dir", "demo", "--duration", "8"), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     out = res.stdout
     assert res.returncode == 0, res.stderr + out
     assert "demo: gateway stopped (exit 0)" in out

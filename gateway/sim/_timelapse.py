@@ -72,7 +72,8 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25,
                          echo: Callable[[str], None] = print) -> Path:
     """Run the time-lapse site for ``hours`` of simulated time; print each interval reading
     with its standard-coal equivalent as it is stored. Returns the store's path."""
-    data_dir = directory / "data"
+    data_dir = (directory / "data").resolve()   # a relative one would be read from gateway.toml's
+                                                # folder, not from here
     probe = directory / "gateway.toml"
     meters = _write_site(probe, data_dir, 1).meters
     ready, bound = asyncio.Event(), list[int]()
@@ -89,7 +90,7 @@ async def run_time_lapse(directory: Path, *, hours: float = 1.25,
     stop = asyncio.Event()
     runner = asyncio.create_task(Gateway(cfg, wall=clock, sleep=clock.sleep).run(stop),
                                  name="kemon.demo.gateway")
-    store_path = data_dir / "store.db"
+    store_path = cfg.gateway.data_dir / "store.db"
     units = {p.code: (p.unit, p.energy) for m in cfg.meters for p in m.points}
     seen = 0
 
