@@ -23,6 +23,8 @@ _GROUPS = {
                   "Run and inspect a collector (province or national)."),
     "sim": ("gateway.sim._cli", "sim_command", "Simulated meters for training, demos and tests."),
     "demo": ("gateway.sim._demo", "demo_command", "Run the whole chain on simulated meters."),
+    "provision": ("provisioning._cli", "provision_group",
+                  "Certificates: a CA, broker servers, gateways, collectors; revocation."),
 }
 
 

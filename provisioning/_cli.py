@@ -1,0 +1,280 @@
+"""``kemon provision``: a certificate authority and the identities it issues (CONTRACT.md).
+
+    kemon provision ca init --dir DIR --name NAME      ca.pem, ca.key (0600), ca.crl
+    kemon provision server --ca-dir DIR --host H… --out OUT
+    kemon provision gateway --ca-dir DIR --unit U --id G --out OUT [--destination NAME=URL]…
+    kemon provision collector --ca-dir DIR --name NAME --out OUT
+    kemon provision revoke --ca-dir DIR CERT…           re-issues ca.crl
+
+Keys are ECDSA P-256, written 0600 and never printed; an existing key or certificate is never
+replaced unless ``--force`` is given. Everything is done with ``cryptography``
+(``provisioning._pki``), no openssl. Bad input is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from protocol import validate_credit_code, validate_gateway_id
+from protocol._cli import BadInput, Failure, one_line
+
+from ._pki import (
+    PkiError,
+    load_cert,
+    load_crl,
+    load_key,
+    make_ca,
+    make_collector_cert,
+    make_crl,
+    make_gateway_cert,
+    make_server_cert,
+    write_cert,
+    write_crl,
+    write_key,
+)
+
+__all__ = ["provision_group"]
+
+_FORCE = click.option("--force", is_flag=True,
+                      help="Replace existing key and certificate files (otherwise refused).")
+_CA_DIR = click.option("--ca-dir", "ca_dir", required=True, metavar="DIR",
+                       type=click.Path(file_okay=False, path_type=Path),
+                       help="The CA's folder (ca.pem, ca.key), as made by 'ca init'.")
+_OUT = click.option("--out", required=True, metavar="OUT",
+                    type=click.Path(file_okay=False, path_type=Path),
+                    help="Folder to write into (created if missing).")
+
+
+@click.group("provision")
+def provision_group() -> None:
+    """Make a certificate authority and the identities it issues: broker servers, gateways,
+    collectors; revoke them.
+
+    \b
+    Example, a province from scratch:
+      kemon provision ca init --dir ca --name "Kemon Jiangsu CA"
+      kemon provision server --ca-dir ca --host broker.js.example --host 10.0.0.5 --out broker
+      kemon provision collector --ca-dir ca --name js1 --out collector
+      kemon provision gateway --ca-dir ca --unit 91320100MA1ABCDE0C --id GW0001 \\
+          --destination province=mqtts://broker.js.example:8883 --out gw0001
+    """
+
+
+@provision_group.group("ca")
+def ca_group() -> None:
+    """The certificate authority."""
+
+
+@ca_group.command("init")
+@click.option("--dir", "directory", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the CA.")
+@click.option("--name", required=True, help="The CA's common name.")
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True,
+              help="Validity in days.")
+@_FORCE
+def ca_init(directory: Path, name: str, days: int, force: bool) -> None:
+    """Create a CA: ca.pem, ca.key (mode 0600) and an empty revocation list ca.crl.
+
+    \b
+    Example:
+      kemon provision ca init --dir /etc/kemon/ca --name "Kemon Jiangsu CA"
+    """
+    if not name.strip():
+        raise BadInput("--name: the CA needs a name")
+    key, cert = make_ca(name, days)
+    _write_identity(directory, "ca", key, [cert], force)
+    write_crl(directory / "ca.crl", make_crl(key, cert, ()), overwrite=True)
+    _report(directory / "ca.pem", cert)
+    click.echo(f"wrote {directory / 'ca.key'} (mode 0600) and {directory / 'ca.crl'}")
+
+
+@provision_group.command("server")
+@_CA_DIR
+@click.option("--host", "hosts", required=True, multiple=True, metavar="HOST",
+              help="A DNS name or IP address the broker is reached at (repeat for more).")
+@_OUT
+@_FORCE
+def server_command(ca_dir: Path, hosts: Sequence[str], out: Path, force: bool) -> None:
+    """A broker's server certificate (serverAuth; the hosts as subject alternative names):
+    server.pem, server.key, ca.pem.
+
+    \b
+    Example:
+      kemon provision server --ca-dir ca --host broker.js.example --host 10.0.0.5 --out broker
+    """
+    ca_key, ca_cert = _load_ca(ca_dir)
+    try:
+        key, cert = make_server_cert(ca_key, ca_cert, list(hosts))
+    except (PkiError, ValueError) as exc:
+        raise BadInput(f"--host: {one_line(exc)}") from None
+    _write_identity(out, "server", key, [cert], force, ca_cert)
+    _report(out / "server.pem", cert)
+
+
+@provision_group.command("collector")
+@_CA_DIR
+@click.option("--name", required=True, help="The collector's name (its CN is collector-NAME).")
+@_OUT
+@_FORCE
+def collector_command(ca_dir: Path, name: str, out: Path, force: bool) -> None:
+    """A collector identity (clientAuth): collector.pem, collector.key, ca.pem.
+
+    \b
+    Example:
+      kemon provision collector --ca-dir ca --name js1 --out collector
+    """
+    ca_key, ca_cert = _load_ca(ca_dir)
+    try:
+        key, cert = make_collector_cert(ca_key, ca_cert, name)
+    except (PkiError, ValueError) as exc:
+        raise BadInput(f"--name: {one_line(exc)}") from None
+    _write_identity(out, "collector", key, [cert], force, ca_cert)
+    _report(out / "collector.pem", cert)
+
+
+@provision_group.command("gateway")
+@_CA_DIR
+@click.option("--unit", required=True, help="The unit's unified social credit code (GB 32100).")
+@click.option("--id", "gateway", required=True, help="The gateway id within the unit.")
+@click.option("--destination", "destinations", multiple=True, metavar="NAME=URL",
+              help="A platform it reports to, e.g. province=mqtts://broker:8883 (repeat).")
+@_OUT
+@_FORCE
+def gateway_command(ca_dir: Path, unit: str, gateway: str, destinations: Sequence[str],
+                    out: Path, force: bool) -> None:
+    """A gateway identity (clientAuth, CN UNIT/ID): gateway.pem, gateway.key, ca.pem, and a
+    starting gateway.toml with its destinations filled in (add buses and meters to it).
+
+    \b
+    Example:
+      kemon provision gateway --ca-dir ca --unit 91320100MA1ABCDE0C --id GW0001 \\
+          --destination province=mqtts://broker.js.example:8883 --out gw0001
+    """
+    try:
+        unit = validate_credit_code(unit)
+    except ValueError as exc:
+        raise BadInput(f"--unit: {one_line(exc)}") from None
+    try:
+        validate_gateway_id(gateway)
+    except ValueError as exc:
+        raise BadInput(f"--id: {one_line(exc)}") from None
+    dests = [_destination(d) for d in destinations]
+    if len({n for n, _ in dests}) != len(dests):
+        raise BadInput("--destination: names must be unique")
+    config = out / "gateway.toml"
+    if config.exists() and not force:
+        raise BadInput(f"{config} exists; refusing to overwrite it (use --force)")
+    ca_key, ca_cert = _load_ca(ca_dir)
+    key, cert = make_gateway_cert(ca_key, ca_cert, unit, gateway)
+    _write_identity(out, "gateway", key, [cert], force, ca_cert)
+    config.write_text(_gateway_toml(unit, gateway, dests), encoding="utf-8")
+    _report(out / "gateway.pem", cert)
+    click.echo(f"wrote {config}: check it with 'kemon gateway check -c {config}'")
+
+
+@provision_group.command("revoke")
+@_CA_DIR
+@click.argument("certs", nargs=-1, required=True, metavar="CERT...",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def revoke_command(ca_dir: Path, certs: Sequence[Path]) -> None:
+    """Add certificates to the CA's revocation list (ca.crl, re-issued with the next number).
+    A broker reads its CRL at start: restart or reload it afterwards.
+
+    \b
+    Example:
+      kemon provision revoke --ca-dir ca gw0001/gateway.pem
+    """
+    ca_key, ca_cert = _load_ca(ca_dir)
+    crl_path = ca_dir / "ca.crl"
+    revoked: set[int] = set()
+    number = 1
+    if crl_path.exists():
+        try:
+            crl = load_crl(crl_path)
+        except ValueError as exc:
+            raise BadInput(f"{crl_path}: not a PEM revocation list ({one_line(exc)})") from None
+        revoked = {r.serial_number for r in crl}
+        ext = crl.extensions.get_extension_for_class(x509.CRLNumber)
+        number = ext.value.crl_number + 1
+    for path in certs:
+        try:
+            cert = load_cert(path)
+        except (ValueError, IndexError):
+            raise BadInput(f"{path}: no PEM certificate in it") from None
+        if cert.issuer != ca_cert.subject:
+            raise BadInput(f"{path}: issued by {cert.issuer.rfc4514_string()}, not by this CA")
+        revoked.add(cert.serial_number)
+    write_crl(crl_path, make_crl(ca_key, ca_cert, revoked, crl_number=number))
+    click.echo(f"wrote {crl_path}: {len(revoked)} revoked, CRL number {number}")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_path, cert_path = ca_dir / "ca.key", ca_dir / "ca.pem"
+    for path in (key_path, cert_path):
+        if not path.is_file():
+            raise BadInput(f"--ca-dir: {path} not found (make the CA with 'kemon provision ca "
+                           "init')")
+    try:
+        key, cert = load_key(key_path), load_cert(cert_path)
+    except (PkiError, ValueError, IndexError) as exc:
+        raise BadInput(f"--ca-dir: {one_line(exc)}") from None
+    if key.public_key() != cert.public_key():
+        raise BadInput(f"--ca-dir: {key_path} is not the key of {cert_path}")
+    return key, cert
+
+
+def _write_identity(out: Path, stem: str, key: ec.EllipticCurvePrivateKey,
+                    certs: list[x509.Certificate],
+                    force: bool, ca_cert: x509.Certificate | None = None) -> None:
+    """``stem``.key (0600), ``stem``.pem and, for an issued identity, ca.pem."""
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / f"{stem}.key", out / f"{stem}.pem"]
+    if not force:
+        for path in targets:
+            if path.exists():
+                raise BadInput(f"{path} exists; refusing to overwrite it (use --force)")
+    try:
+        write_key(targets[0], key, overwrite=force)
+        write_cert(targets[1], certs, overwrite=force)
+        if ca_cert is not None:
+            write_cert(out / "ca.pem", ca_cert, overwrite=True)
+    except PkiError as exc:
+        raise BadInput(one_line(exc)) from None
+    except OSError as exc:
+        raise Failure(f"{out}: {exc.strerror or exc}") from None
+
+
+def _report(path: Path, cert: x509.Certificate) -> None:
+    click.echo(f"wrote {path}: {cert.subject.rfc4514_string()}, serial {cert.serial_number:x}, "
+               f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+
+
+def _destination(text: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url.startswith(("mqtts://", "mqtt://")):
+        raise BadInput(f"--destination: {text!r} is not NAME=mqtts://host:port")
+    return name, url
+
+
+def _gateway_toml(unit: str, gateway: str, dests: Sequence[tuple[str, str]]) -> str:
+    lines = ["# Written by 'kemon provision gateway'. Add the buses and meters of the site",
+             "# (docs/configuration.md), then check with 'kemon gateway check -c gateway.toml'.",
+             "", "[gateway]", f"id = {json.dumps(gateway)}", f"unit = {json.dumps(unit)}",
+             'data_dir = "/var/lib/kemon"']
+    for name, url in dests:
+        lines += ["", "[[destination]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}",
+                  'ca_file = "ca.pem"', 'cert_file = "gateway.pem"', 'key_file = "gateway.key"']
+        if url.startswith("mqtt://"):
+            lines.append("insecure = true")
+    lines += ["", "# [[bus]]", '# name = "rs485-1"', '# kind = "modbus-rtu"',
+              '# port = "/dev/rs485-1"', "", "# [[meter]]", '# name = "incomer"',
+              '# bus = "rs485-1"', "# address = 1", '# profile = "sdm630"', ""]
+    return "\n".join(lines)

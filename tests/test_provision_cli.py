@@ -1,0 +1,120 @@
+"""`kemon provision`: a CA and the identities it issues, as files a broker, a gateway and a
+collector use; keys 0600 and never overwritten unless told; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from provisioning import gateway_identity, load_cert, load_crl, verify_issued
+
+from .conftest import UNIT, run_kemon
+
+
+def ok(*args: str) -> str:
+    res = run_kemon("provision", *args)
+    assert res.returncode == 0, res.stderr
+    assert "PRIVATE KEY" not in res.stdout + res.stderr          # keys are never printed
+    return res.stdout
+
+
+def refused(*args: str) -> str:
+    res = run_kemon("provision", *args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "Traceback" not in res.stderr
+    return line
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def usages(cert: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_a_province_from_scratch(tmp_path: Path) -> None:
+    ca, gw, srv, col = (tmp_path / n for n in ("ca", "gw", "srv", "col"))
+    assert "CN=Kemon Test CA" in ok("ca", "init", "--dir", str(ca), "--name", "Kemon Test CA")
+    assert mode(ca / "ca.key") == 0o600 and (ca / "ca.crl").is_file()
+    ca_cert = load_cert(ca / "ca.pem")
+
+    out = ok("gateway", "--ca-dir", str(ca), "--unit", UNIT, "--id", "GW0001",
+             "--destination", "province=mqtts://127.0.0.1:8883",
+             "--destination", "national=mqtts://national.example:8883", "--out", str(gw))
+    assert f"CN={UNIT}/GW0001" in out
+    cert = load_cert(gw / "gateway.pem")
+    verify_issued(cert, ca_cert)
+    assert gateway_identity(cert) == (UNIT, "GW0001")
+    assert usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert mode(gw / "gateway.key") == 0o600
+    assert (gw / "ca.pem").read_bytes() == (ca / "ca.pem").read_bytes()
+    check = run_kemon("gateway", "check", "-c", str(gw / "gateway.toml"))
+    assert check.returncode == 0, check.stderr
+    assert "2 destinations" in check.stdout
+
+    ok("server", "--ca-dir", str(ca), "--host", "broker.example", "--host", "127.0.0.1",
+       "--out", str(srv))
+    server = load_cert(srv / "server.pem")
+    verify_issued(server, ca_cert)
+    assert usages(server) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "broker.example" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+    ok("collector", "--ca-dir", str(ca), "--name", "js1", "--out", str(col))
+    collector = load_cert(col / "collector.pem")
+    assert collector.subject.rfc4514_string() == "CN=collector-js1"
+
+    assert "1 revoked, CRL number 2" in ok("revoke", "--ca-dir", str(ca), str(gw / "gateway.pem"))
+    assert "2 revoked, CRL number 3" in ok("revoke", "--ca-dir", str(ca),
+                                           str(col / "collector.pem"))
+    crl = load_crl(ca / "ca.crl")
+    assert crl.is_signature_valid(ca_cert.public_key())  # type: ignore[arg-type]
+    assert {r.serial_number for r in crl} == {cert.serial_number, collector.serial_number}
+
+
+def test_nothing_is_overwritten_unless_forced(tmp_path: Path) -> None:
+    ca, gw = tmp_path / "ca", tmp_path / "gw"
+    ok("ca", "init", "--dir", str(ca), "--name", "A")
+    first = (ca / "ca.key").read_bytes()
+    assert "ca.key exists; refusing to overwrite it (use --force)" in refused(
+        "ca", "init", "--dir", str(ca), "--name", "B")
+    assert (ca / "ca.key").read_bytes() == first
+    ok("gateway", "--ca-dir", str(ca), "--unit", UNIT, "--id", "GW0001", "--out", str(gw))
+    key = (gw / "gateway.key").read_bytes()
+    assert "gateway.toml exists" in refused("gateway", "--ca-dir", str(ca), "--unit", UNIT,
+                                            "--id", "GW0001", "--out", str(gw))
+    assert (gw / "gateway.key").read_bytes() == key
+    ok("gateway", "--ca-dir", str(ca), "--unit", UNIT, "--id", "GW0001", "--out", str(gw),
+       "--force")
+    assert (gw / "gateway.key").read_bytes() != key and mode(gw / "gateway.key") == 0o600
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    assert "not found" in refused("collector", "--ca-dir", str(ca), "--name", "x",
+                                  "--out", str(tmp_path / "c"))
+    ok("ca", "init", "--dir", str(ca), "--name", "A")
+    base = ("gateway", "--ca-dir", str(ca), "--out", str(tmp_path / "g"))
+    assert "--unit:" in refused(*base, "--unit", UNIT[:-1] + "X", "--id", "GW0001")
+    assert "--id:" in refused(*base, "--unit", UNIT, "--id", "bad/id")
+    assert "NAME=mqtts://host:port" in refused(*base, "--unit", UNIT, "--id", "GW0001",
+                                               "--destination", "province")
+    assert "unique" in refused(*base, "--unit", UNIT, "--id", "GW0001",
+                               "--destination", "a=mqtts://h:1", "--destination", "a=mqtts://h:2")
+    assert "--name:" in refused("collector", "--ca-dir", str(ca), "--name", "a/b",
+                                "--out", str(tmp_path / "c"))
+    assert not (tmp_path / "g").exists()                         # nothing half-written
+    other = tmp_path / "other"
+    ok("ca", "init", "--dir", str(other), "--name", "Other")
+    ok("collector", "--ca-dir", str(other), "--name", "x", "--out", str(tmp_path / "x"))
+    assert "not by this CA" in refused("revoke", "--ca-dir", str(ca),
+                                       str(tmp_path / "x" / "collector.pem"))
+    (ca / "ca.key").write_bytes((other / "ca.key").read_bytes())
+    assert "is not the key of" in refused("collector", "--ca-dir", str(ca), "--name", "y",
+                                          "--out", str(tmp_path / "y"))
