@@ -9,8 +9,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provisioning import gateway_identity, load_cert, load_crl, verify_issued
+from provisioning import gateway_identity, load_cert, load_crl, load_key, verify_issued
 
+from .brokers import Broker, ClientFiles, MqttClient, Pki, tls_alert
 from .conftest import UNIT, run_kemon
 
 
@@ -118,3 +119,25 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
     (ca / "ca.key").write_bytes((other / "ca.key").read_bytes())
     assert "is not the key of" in refused("collector", "--ca-dir", str(ca), "--name", "y",
                                           "--out", str(tmp_path / "y"))
+
+
+def test_a_real_broker_takes_the_provisioned_files_and_the_revocation(tmp_path: Path) -> None:
+    """Mosquitto (mutual TLS, CRL, the Kemon ACL) with the server certificate and CA made by
+    `kemon provision`; the provisioned gateway connects and publishes on its own topic until
+    it is revoked."""
+    ca, gw, srv = tmp_path / "ca", tmp_path / "gw", tmp_path / "srv"
+    ok("ca", "init", "--dir", str(ca), "--name", "Kemon Test CA")
+    ok("server", "--ca-dir", str(ca), "--host", "127.0.0.1", "--out", str(srv))
+    ok("gateway", "--ca-dir", str(ca), "--unit", UNIT, "--id", "GW0001", "--out", str(gw))
+    pki = Pki(dir=tmp_path, ca_key=load_key(ca / "ca.key"), ca_cert=load_cert(ca / "ca.pem"),
+              ca_path=ca / "ca.pem", server_cert_path=srv / "server.pem",
+              server_key_path=srv / "server.key", crl_path=ca / "ca.crl", hosts=("127.0.0.1",))
+    files = ClientFiles(f"{UNIT}/GW0001", gw / "gateway.pem", gw / "gateway.key", gw / "ca.pem",
+                        load_cert(gw / "gateway.pem").serial_number)
+    with Broker(pki, tmp_path / "broker") as broker:
+        with MqttClient.connect(broker, files) as client:
+            assert not client.publish(f"kemon/v1/{UNIT}/GW0001/up/status", b"{}").is_failure
+            assert client.publish(f"kemon/v1/{UNIT}/GW0002/up/status", b"{}").is_failure
+        ok("revoke", "--ca-dir", str(ca), str(gw / "gateway.pem"))
+        broker.restart()                     # Mosquitto reads its CRL at start
+        assert tls_alert(broker, files) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
