@@ -68,7 +68,12 @@ def provision_group() -> None:
 
 @provision_group.group("ca")
 def ca_group() -> None:
-    """The certificate authority."""
+    """The certificate authority.
+
+    \b
+    Example:
+      kemon provision ca init --dir /etc/kemon/ca --name "Kemon Jiangsu CA"
+    """
 
 
 @ca_group.command("init")
