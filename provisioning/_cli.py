@@ -4,6 +4,7 @@
     kemon provision server --ca-dir DIR --host H… --out OUT
     kemon provision gateway --ca-dir DIR --unit U --id G --out OUT [--destination NAME=URL]…
     kemon provision collector --ca-dir DIR --name NAME --out OUT
+    kemon provision broker --ca-dir DIR --server-dir SRV --out OUT [--collector N]…
     kemon provision revoke --ca-dir DIR CERT…           re-issues ca.crl
 
 Keys are ECDSA P-256, written 0600 and never printed; an existing key or certificate is never
@@ -14,6 +15,9 @@ replaced unless ``--force`` is given. Everything is done with ``cryptography``
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from protocol._cli import BadInput, Failure, one_line
 
 from ._pki import (
     PkiError,
+    collector_common_name,
     load_cert,
     load_crl,
     load_key,
@@ -181,6 +186,81 @@ def gateway_command(ca_dir: Path, unit: str, gateway: str, destinations: Sequenc
     config.write_text(_gateway_toml(unit, gateway, dests), encoding="utf-8")
     _report(out / "gateway.pem", cert)
     click.echo(f"wrote {config}: check it with 'kemon gateway check -c {config}'")
+
+
+@provision_group.command("broker")
+@_CA_DIR
+@click.option("--server-dir", "server_dir", required=True, metavar="SRV",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The broker's identity (server.pem, server.key), as made by 'server'.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True,
+              help="TCP port of the TLS listener (IANA secure-mqtt: 8883).")
+@click.option("--kind", type=click.Choice(["mosquitto"]), default="mosquitto",
+              show_default=True, help="The broker software (EMQX comes later).")
+@click.option("--collector", "collectors", multiple=True, metavar="NAME",
+              help="A collector (CN collector-NAME) that reads every gateway (repeat).")
+@click.option("--relay", "relays", multiple=True, metavar="NAME",
+              help="A lower-level collector allowed to relay into this broker (repeat).")
+@click.option("--user", default="mosquitto", show_default=True,
+              help="The user Mosquitto runs as; it must be able to read the files in OUT.")
+@_OUT
+@_FORCE
+def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str,
+                   collectors: Sequence[str], relays: Sequence[str], user: str, out: Path,
+                   force: bool) -> None:
+    """A broker configuration: mosquitto.conf (mutual TLS 1.2+, the certificate's CN as user
+    name, anonymous refused, persistence on), the topic ACL, and copies of ca.pem, ca.crl,
+    server.pem and server.key in OUT. `mosquitto -c OUT/mosquitto.conf` starts it as written.
+
+    \b
+    Example:
+      kemon provision broker --ca-dir ca --server-dir broker-id --collector js1 \\
+          --relay js --out /etc/mosquitto/kemon
+    """
+    from ._mosquitto import mosquitto_acl, mosquitto_conf
+
+    for name in (*collectors, *relays):
+        try:
+            collector_common_name(name)
+        except (PkiError, ValueError) as exc:
+            raise BadInput(f"--collector/--relay: {one_line(exc)}") from None
+    _load_ca(ca_dir)
+    for path in (server_dir / "server.pem", server_dir / "server.key"):
+        if not path.is_file():
+            raise BadInput(f"--server-dir: {path} not found (make it with 'kemon provision "
+                           "server')")
+    conf = out / "mosquitto.conf"
+    if conf.exists() and not force:
+        raise BadInput(f"{conf} exists; refusing to overwrite it (use --force)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data").mkdir(exist_ok=True)
+    copies = [(ca_dir / "ca.pem", out / "ca.pem", 0o644), (ca_dir / "ca.crl", out / "ca.crl",
+                                                           0o644),
+              (server_dir / "server.pem", out / "server.pem", 0o644),
+              (server_dir / "server.key", out / "server.key", 0o600)]
+    for src, dst, mode in copies:
+        dst.write_bytes(src.read_bytes())
+        dst.chmod(mode)
+    (out / "acl").write_text(mosquitto_acl(collectors, relays), encoding="utf-8")
+    conf.write_text(mosquitto_conf(out, port=port, user=user), encoding="utf-8")
+    _give_to(user, [out / "data", out / "server.key"])
+    click.echo(f"wrote {conf} ({kind}, port {port}), {out / 'acl'} "
+               f"({len(collectors)} collectors, {len(relays)} relays) and the TLS files")
+    click.echo(f"start it with: mosquitto -c {conf.resolve()}")
+
+
+def _give_to(user: str, paths: Sequence[Path]) -> None:
+    """Let ``user`` (the broker's) own what it must read or write, when we may (as root)."""
+    if os.geteuid() != 0 or user == "root":
+        return
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        click.echo(f"note: no user {user!r} here: give it {', '.join(map(str, paths))} "
+                   "before starting the broker", err=True)
+        return
+    for path in paths:
+        shutil.chown(path, user=user)
 
 
 @provision_group.command("revoke")

@@ -3,15 +3,20 @@ collector use; keys 0600 and never overwritten unless told; bad input is one lin
 
 from __future__ import annotations
 
+import socket
 import stat
+import subprocess
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from provisioning import gateway_identity, load_cert, load_crl, load_key, verify_issued
 
-from .brokers import Broker, ClientFiles, MqttClient, Pki, tls_alert
+from .brokers import MOSQUITTO, Broker, ClientFiles, MqttClient, Pki, free_port, tls_alert
 from .conftest import UNIT, run_kemon
 
 
@@ -141,3 +146,58 @@ def test_a_real_broker_takes_the_provisioned_files_and_the_revocation(tmp_path: 
         ok("revoke", "--ca-dir", str(ca), str(gw / "gateway.pem"))
         broker.restart()                     # Mosquitto reads its CRL at start
         assert tls_alert(broker, files) == "SSLV3_ALERT_CERTIFICATE_REVOKED"
+
+
+def test_provisioned_mosquitto_allows_and_denies_as_the_acl_says(tmp_path: Path) -> None:
+    ca, srv, gw, col, out = (tmp_path / n for n in ("ca", "srv", "gw", "col", "broker"))
+    ok("ca", "init", "--dir", str(ca), "--name", "Kemon Test CA")
+    ok("server", "--ca-dir", str(ca), "--host", "127.0.0.1", "--out", str(srv))
+    ok("gateway", "--ca-dir", str(ca), "--unit", UNIT, "--id", "GW0001", "--out", str(gw))
+    ok("collector", "--ca-dir", str(ca), "--name", "js1", "--out", str(col))
+    port = free_port()
+    # user root: the pytest folder is 0700 (HINTS.md); production keeps the default drop
+    out_text = ok("broker", "--ca-dir", str(ca), "--server-dir", str(srv), "--collector", "js1",
+                  "--port", str(port), "--user", "root", "--out", str(out))
+    assert f"mosquitto -c {(out / 'mosquitto.conf').resolve()}" in out_text
+    assert "mosquitto.conf exists" in refused("broker", "--ca-dir", str(ca), "--server-dir",
+                                              str(srv), "--out", str(out))
+    assert oct(mode(out / "server.key")) == oct(0o600)
+    log = tmp_path / "mosquitto.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(out / "mosquitto.conf")],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        target: Any = SimpleNamespace(host="127.0.0.1", port=port,
+                                      pki=SimpleNamespace(ca_path=ca / "ca.pem"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+        gateway = files_of(gw, "gateway", f"{UNIT}/GW0001")
+        collector = files_of(col, "collector", "collector-js1")
+        mine, other = f"kemon/v1/{UNIT}/GW0001", f"kemon/v1/{UNIT}/GW0002"
+        with MqttClient.connect(target, collector, "js1") as c, \
+                MqttClient.connect(target, gateway, "gw") as g:
+            c.subscribe("kemon/v1/+/+/up/#")
+            g.subscribe(f"{mine}/down/#")
+            assert not g.publish(f"{mine}/up/data", b"x").is_failure
+            assert c.expect().topic == f"{mine}/up/data"
+            assert g.publish(f"{other}/up/data", b"x").value == 0x87         # not its prefix
+            assert not c.publish(f"{mine}/down/resend", b"{}").is_failure
+            assert g.expect().topic == f"{mine}/down/resend"
+            assert c.publish(f"{mine}/up/data", b"x").value == 0x87          # not a relay
+        assert tls_alert(target, None) is not None                  # anonymous: refused
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert (out / "data" / "mosquitto.db").exists()                 # persistence on
+
+
+def files_of(folder: Path, stem: str, cn: str) -> ClientFiles:
+    cert = folder / f"{stem}.pem"
+    return ClientFiles(cn, cert, folder / f"{stem}.key", folder / "ca.pem",
+                       load_cert(cert).serial_number)
