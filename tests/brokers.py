@@ -65,6 +65,7 @@ from provisioning import (
     write_crl,
     write_key,
 )
+from provisioning._mosquitto import mosquitto_acl
 
 __all__ = [
     "MOSQUITTO",
@@ -220,24 +221,9 @@ def tls_alert(broker: Broker, files: ClientFiles | None, *, host: str | None = N
 
 def acl_text(collectors: Iterable[str] = DEFAULT_COLLECTORS,
              relays: Iterable[str] = ()) -> str:
-    """Kemon's topic ACL for Mosquitto (``%u`` is the certificate CN, ``<unit>/<gateway>``).
-
-    ``relays`` are the lower-level collectors (provinces at the national broker) allowed to
-    publish their gateways' ``up/#`` unchanged and to read the resend requests on ``down/#``.
-    """
-    lines = [
-        "# Gateways: only their own prefix (CN <unit>/<gateway> is the username).",
-        "pattern write kemon/v1/%u/up/#",
-        "pattern read kemon/v1/%u/down/#",
-    ]
-    collectors, relays = tuple(collectors), tuple(relays)
-    for name in dict.fromkeys((*collectors, *relays)):
-        lines += ["", f"user {collector_common_name(name)}"]
-        if name in collectors:
-            lines += ["topic read kemon/v1/+/+/up/#", "topic write kemon/v1/+/+/down/#"]
-        if name in relays:
-            lines += ["topic write kemon/v1/+/+/up/#", "topic read kemon/v1/+/+/down/#"]
-    return "\n".join(lines) + "\n"
+    """Kemon's topic ACL for Mosquitto, as ``kemon provision broker`` writes it (``%u`` is the
+    certificate CN, ``<unit>/<gateway>``); ``relays`` may publish ``up/#`` into this broker."""
+    return mosquitto_acl(collectors, relays)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
