@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from protocol import Period, Quality, Reading
+from protocol._sd_notify import feed_watchdog, notify, watchdog_seconds
 
 from ._clock import clock_synchronised
 from ._consumption import ConsumptionTracker
@@ -140,8 +141,16 @@ class Gateway:
                                         name="kemon.writer")
                 log.info("gateway %s polling %d meters on %d buses", cfg.gateway.id,
                          len(cfg.meters), len(bus_tasks))
+                watchdog = watchdog_seconds()
+                feeder = tg.create_task(feed_watchdog(watchdog), name="kemon.watchdog") \
+                    if watchdog else None
+                notify("READY=1", f"STATUS=polling {len(cfg.meters)} meters on "
+                       f"{len(bus_tasks)} buses")
                 await stop.wait()
                 log.info("stopping: finishing the current cycle")
+                notify("STOPPING=1")
+                if feeder is not None:
+                    feeder.cancel()
                 await _cancel_all(bus_tasks)
                 await queue.join()
                 writer.cancel()
