@@ -67,7 +67,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import parse_topic, topic, topic_filter
-from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting, tls_for
+from protocol._mqtt_publish import (
+    LinkError,
+    MqttLink,
+    keep_connecting,
+    link_ended,
+    tls_for,
+)
 from protocol._publish_flow import AckWindow, TokenBucket
 
 from ._broker import broker_address, client_id_for
@@ -296,16 +302,9 @@ class Relay:
                     tg.create_task(self._request_loop(), name=f"{self.name}.requests")
                     tg.create_task(link.watch(), name=f"{self.name}.watch")
             except ExceptionGroup as group:
-                ended, others = group.split(LinkError)
-                if others is not None or ended is None:
-                    raise
-                error = ended.exceptions[0]
-                assert isinstance(error, LinkError)
-                self.last_error = error.reason
                 healthy = session.progressed or time.monotonic() - started >= HEALTHY_AFTER
-                if healthy and session.refusal is None:
-                    log.warning("%s: %s; reconnecting", self.name, error.reason)
-                    raise Reconnect from None
+                error = link_ended(group, healthy=healthy, refused=session.refusal is not None,
+                                   name=self.name, log=log, on_error=self._failed)
                 raise error from None
         finally:
             self._end_session()

@@ -40,7 +40,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from protocol import parse_topic, topic, topic_filter
-from protocol._mqtt_publish import LinkError, MqttLink, Reconnect, keep_connecting, tls_for
+from protocol._mqtt_publish import (
+    LinkError,
+    MqttLink,
+    keep_connecting,
+    link_ended,
+    tls_for,
+)
 from protocol._publish_flow import AckWindow, TokenBucket
 
 from ._model import DestinationConfig
@@ -203,17 +209,10 @@ class Uplink:
                     tg.create_task(self._ack_loop(), name=f"{prefix}.acks")
                     tg.create_task(link.watch(), name=f"{prefix}.watch")
             except ExceptionGroup as group:
-                ended, others = group.split(LinkError)
-                if others is not None or ended is None:
-                    raise
-                error = ended.exceptions[0]
-                assert isinstance(error, LinkError)
                 self._end_session(window)
-                self.last_error = error.reason
                 healthy = self._progressed or time.monotonic() - started >= HEALTHY_AFTER
-                if healthy and self._refusal is None:
-                    log.warning("%s: %s; reconnecting", self.name, error.reason)
-                    raise Reconnect from None    # back-off starts over
+                error = link_ended(group, healthy=healthy, refused=self._refusal is not None,
+                                   name=self.name, log=log, on_error=self._failed)
                 raise error from None
         except asyncio.CancelledError:
             if link.connected:

@@ -37,7 +37,8 @@ from tenacity.wait import wait_random_exponential
 from protocol._mqtt_loop import PahoLoopLink
 from protocol._mqtt_tls import ClientTlsContext, client_tls_context
 
-__all__ = ["ConnectInfo", "LinkError", "MqttLink", "Reconnect", "keep_connecting", "tls_for"]
+__all__ = ["ConnectInfo", "LinkError", "MqttLink", "Reconnect", "keep_connecting", "link_ended",
+           "tls_for"]
 
 #: MQTT 5 (OASIS mqtt-v5.0, 3.2.2.3.3): Receive Maximum absent from CONNACK means 65,535.
 DEFAULT_RECEIVE_MAXIMUM = 65535
@@ -175,3 +176,22 @@ def tls_for(tls: bool, ca_file: Path | None, cert_file: Path | None,
         return client_tls_context(ca_file, cert_file, key_file)
     except (OSError, ValueError) as exc:
         raise LinkError(f"cannot load the TLS files: {exc}") from None
+
+
+def link_ended(group: BaseExceptionGroup[BaseException], *, healthy: bool, refused: bool,
+               name: str, log: logging.Logger, on_error: Callable[[str], None]) -> LinkError:
+    """A session's TaskGroup failed with ``group``: the ``LinkError`` that ended the
+    connection (its reason given to ``on_error``), to be raised (the back-off goes on).
+    Raises ``Reconnect`` instead when the connection was ``healthy`` and not ``refused`` (the
+    back-off starts over), and re-raises ``group`` when anything other than a ``LinkError`` is
+    in it (a bug)."""
+    ended, others = group.split(LinkError)
+    if others is not None or ended is None:
+        raise group
+    error = ended.exceptions[0]
+    assert isinstance(error, LinkError)
+    on_error(error.reason)
+    if healthy and not refused:
+        log.warning("%s: %s; reconnecting", name, error.reason)
+        raise Reconnect from None
+    return error
