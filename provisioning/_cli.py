@@ -18,7 +18,7 @@ import json
 import os
 import pwd
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -118,13 +118,8 @@ def server_command(ca_dir: Path, hosts: Sequence[str], out: Path, force: bool) -
     Example:
       kemon provision server --ca-dir ca --host broker.js.example --host 10.0.0.5 --out broker
     """
-    ca_key, ca_cert = _load_ca(ca_dir)
-    try:
-        key, cert = make_server_cert(ca_key, ca_cert, list(hosts))
-    except (PkiError, ValueError) as exc:
-        raise BadInput(f"--host: {one_line(exc)}") from None
-    _write_identity(out, "server", key, [cert], force, ca_cert)
-    _report(out / "server.pem", cert)
+    _issue(ca_dir, out, "server", force, "--host",
+           lambda ca_key, ca_cert: make_server_cert(ca_key, ca_cert, list(hosts)))
 
 
 @provision_group.command("collector")
@@ -139,13 +134,8 @@ def collector_command(ca_dir: Path, name: str, out: Path, force: bool) -> None:
     Example:
       kemon provision collector --ca-dir ca --name js1 --out collector
     """
-    ca_key, ca_cert = _load_ca(ca_dir)
-    try:
-        key, cert = make_collector_cert(ca_key, ca_cert, name)
-    except (PkiError, ValueError) as exc:
-        raise BadInput(f"--name: {one_line(exc)}") from None
-    _write_identity(out, "collector", key, [cert], force, ca_cert)
-    _report(out / "collector.pem", cert)
+    _issue(ca_dir, out, "collector", force, "--name",
+           lambda ca_key, ca_cert: make_collector_cert(ca_key, ca_cert, name))
 
 
 @provision_group.command("gateway")
@@ -180,11 +170,9 @@ def gateway_command(ca_dir: Path, unit: str, gateway: str, destinations: Sequenc
     config = out / "gateway.toml"
     if config.exists() and not force:
         raise BadInput(f"{config} exists; refusing to overwrite it (use --force)")
-    ca_key, ca_cert = _load_ca(ca_dir)
-    key, cert = make_gateway_cert(ca_key, ca_cert, unit, gateway)
-    _write_identity(out, "gateway", key, [cert], force, ca_cert)
+    _issue(ca_dir, out, "gateway", force, "--id",
+           lambda ca_key, ca_cert: make_gateway_cert(ca_key, ca_cert, unit, gateway))
     config.write_text(_gateway_toml(unit, gateway, dests), encoding="utf-8")
-    _report(out / "gateway.pem", cert)
     click.echo(f"wrote {config}: check it with 'kemon gateway check -c {config}'")
 
 
@@ -314,6 +302,20 @@ def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
     if key.public_key() != cert.public_key():
         raise BadInput(f"--ca-dir: {key_path} is not the key of {cert_path}")
     return key, cert
+
+
+def _issue(ca_dir: Path, out: Path, stem: str, force: bool, option: str,
+           make: Callable[[ec.EllipticCurvePrivateKey, x509.Certificate],
+                          tuple[ec.EllipticCurvePrivateKey, x509.Certificate]]) -> None:
+    """Make an identity with the CA in ``ca_dir`` and write ``stem``.key/.pem and ca.pem into
+    ``out``; a refusal of the input is blamed on ``option``."""
+    ca_key, ca_cert = _load_ca(ca_dir)
+    try:
+        key, cert = make(ca_key, ca_cert)
+    except (PkiError, ValueError) as exc:
+        raise BadInput(f"{option}: {one_line(exc)}") from None
+    _write_identity(out, stem, key, [cert], force, ca_cert)
+    _report(out / f"{stem}.pem", cert)
 
 
 def _write_identity(out: Path, stem: str, key: ec.EllipticCurvePrivateKey,
