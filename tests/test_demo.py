@@ -21,6 +21,22 @@ def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
     out = res.stdout
     assert res.returncode == 0, res.stderr + out
     assert "demo: gateway stopped (exit 0)" in out
+    # the platform was provisioned with the real commands and the chain ran with mutual TLS
+    for step in ("provision ca init", "provision server", "provision broker",
+                 "provision collector", "provision gateway"):
+        assert f"$ kemon {step} " in out, step
+    stored = re.search(r"^demo: the province collector stored (\d+) readings in (\d+) batches",
+                       out, re.M)
+    assert stored and int(stored[1]) > 0 and int(stored[2]) > 0, out
+    row = re.search(r"^  91320100MA1ABCDE0C  DEMO01 .*$", out, re.M)
+    assert row, out
+    # no seq missing, nothing quarantined: every batch passed the collector's checks
+    *_, gaps, count, quarantined = row[0].split()
+    assert (gaps, quarantined) == ("0", "0") and int(count) == int(stored[1])
+    readings = subprocess.run(
+        kemon_cmd("collector", "readings", "-c", "demo/platform/collector/collector.toml"),
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert len(readings.splitlines()) == int(stored[1])
     live = re.findall(r"^  \S+\s+(\S+)\s+instant\s+[\d.]+\s+good$", out, re.M)
     assert "0000000001000001" in set(live)
     assert re.search(r"meter spare .* (OFFLINE|FAILING) ", out)
@@ -31,3 +47,14 @@ def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
     assert len(quarters) >= 8 and len(hours) >= 2, out
     for _, kwh, tce in quarters:        # GB/T 2589: 0.1229 kgce per kWh
         assert float(tce) == pytest.approx(float(kwh) * 0.1229 / 1000, abs=1e-5)
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    res = subprocess.run(kemon_cmd("demo", "--dir", str(tmp_path), "--duration", "1"),
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: --dir {tmp_path}: exists and was not made by 'kemon demo'; "
+        "give an empty or new directory"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

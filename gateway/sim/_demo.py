@@ -1,14 +1,18 @@
-"""``kemon demo``: simulated meters and a gateway, run as a user would run them.
+"""``kemon demo``: a province and a gateway, provisioned and run as their users would run them.
 
-Writes the embedded demo configuration (``demo.toml``) with free ports into a directory, starts
-``kemon sim`` and ``kemon gateway run`` as child processes, and prints readings as the gateway
-stores them, read through the store's read-only path like ``kemon gateway readings``.
+Provisions a CA, a Mosquitto broker with mutual TLS and the topic ACL, a collector and a gateway
+identity with the real ``kemon provision`` commands (``_demo_platform``); writes the embedded demo
+configuration (``demo.toml``) with free ports; starts the broker, ``kemon collector run``,
+``kemon sim`` and ``kemon gateway run`` as child processes; prints readings as the gateway stores
+them (the store's read-only path, like ``kemon gateway readings``) and what the collector has
+verified and stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +24,9 @@ from pathlib import Path
 import click
 
 from protocol import Period, to_rfc3339
+from protocol._cli import BadInput
+
+from ._demo_platform import Platform, collector_totals, provision, start_broker, start_collector
 
 __all__ = ["demo_command", "write_demo_config"]
 
@@ -31,16 +38,40 @@ def _free_port() -> int:
         return port
 
 
-def write_demo_config(directory: Path) -> Path:
-    """Write the demo configuration, with free TCP ports, into ``directory``."""
+def write_demo_config(directory: Path, destination: str | None = None) -> Path:
+    """Write the demo configuration, with free TCP ports, into ``directory``; with
+    ``destination`` (an ``mqtts://`` URL), the gateway reports there with the identity that
+    ``kemon provision gateway`` wrote in ``directory/gateway-id``."""
     directory.mkdir(parents=True, exist_ok=True)
     text = (resources.files("gateway.sim") / "demo.toml").read_text(encoding="utf-8")
+    block = "" if destination is None else (
+        "\n[[destination]]                    # the demo province: Mosquitto with mutual TLS\n"
+        f'name = "province"\nurl = "{destination}"\n'
+        'ca_file = "gateway-id/ca.pem"\ncert_file = "gateway-id/gateway.pem"\n'
+        'key_file = "gateway-id/gateway.key"\n')
     text = (text.replace("{modbus_port}", str(_free_port()))
                 .replace("{cjt188_port}", str(_free_port()))
-                .replace("{dir}", str(directory.resolve())))
+                .replace("{dir}", str(directory.resolve()))
+                .replace("{destination}", block))
     path = directory / "gateway.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+MARKER = ".kemon-demo"
+
+
+def _fresh(directory: Path) -> None:
+    """Start from an empty demo directory: a new CA each run, so nothing of an earlier run's
+    identities or stores can disagree with this one. Only a directory the demo made is wiped."""
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / MARKER).exists():
+            raise BadInput(f"--dir {directory}: exists and was not made by 'kemon demo'; "
+                           "give an empty or new directory")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("made by 'kemon demo'; it empties this directory at start\n",
+                                    encoding="utf-8")
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -71,6 +102,17 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
     raise click.ClickException(f"timed out waiting for {text!r}; see {log}")
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        if proc.poll() is not None:
+            raise click.ClickException(f"a demo process stopped early; see {log}")
+        time.sleep(0.1)
+    raise click.ClickException(f"timed out waiting for port {port}; see {log}")
+
+
 @click.command("demo")
 @click.option("--dir", "directory", default="demo-data", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
@@ -81,56 +123,62 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
               help="Then replay 75 minutes of a site on a virtual clock, to show 15-minute and "
                    "hourly consumption with its standard-coal equivalent.")
 def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
-    """Run simulated meters (Modbus TCP and RTU, DL/T 645, CJ/T 188) and a gateway, and show
-    the readings arriving in its store; then a time-lapse of consumption.
+    """Provision a province (CA, Mosquitto with mutual TLS, a collector) and a gateway, run
+    simulated meters (Modbus TCP and RTU, DL/T 645, CJ/T 188), and show readings arriving in
+    the gateway's store and at the collector; then a time-lapse of consumption.
+
+    The demo directory is emptied at each start (only one that 'kemon demo' made).
 
     \b
     Examples:
       kemon demo
       kemon demo --dir /tmp/kemon-demo --duration 0 --no-time-lapse
     """
-    from gateway._store import Store
-
-    config = write_demo_config(directory)
-    counts: dict[Period, int] = {}
+    _fresh(directory)
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    click.echo(f"demo: configuration {config}")
-    sim_log, gw_log = logs / "sim.log", logs / "gateway.log"
-    sim = _start(["sim", "-c", str(config), "--make-ports", "--fault", "spare=silent"], sim_log)
+    click.echo("demo: provisioning a province and a gateway (docs/provisioning.md):")
+    platform = provision(directory / "platform", port=_free_port(), unit=DEMO_UNIT,
+                         gateway=DEMO_GATEWAY, gateway_dir=directory / "gateway-id",
+                         echo=click.echo)
+    config = write_demo_config(directory, platform.url)
+    click.echo(f"demo: gateway configuration {config}")
+    procs: list[subprocess.Popen[bytes]] = []
+    counts: dict[Period, int] = {}
     gateway: subprocess.Popen[bytes] | None = None
     interrupted = False
     try:
-        _wait_for(sim_log, "sim: ready", sim, 20)
+        broker_log, collector_log = logs / "broker.log", logs / "collector.log"
+        procs.append(start_broker(platform, broker_log))
+        _wait_for_port(platform.port, procs[-1], broker_log, 20)
+        click.echo(f"demo: broker (Mosquitto, mutual TLS, topic ACL) on {platform.url} "
+                   f"(log {broker_log})")
+        procs.append(start_collector(platform, collector_log))
+        _wait_for(collector_log, "connected to", procs[-1], 30)
+        click.echo(f"demo: province collector connected (log {collector_log})")
+        sim_log, gw_log = logs / "sim.log", logs / "gateway.log"
+        procs.append(_start(["sim", "-c", str(config), "--make-ports",
+                             "--fault", "spare=silent"], sim_log))
+        _wait_for(sim_log, "sim: ready", procs[-1], 20)
         click.echo(f"demo: simulated meters ready (log {sim_log})")
         gateway = _start(["gateway", "run", "-c", str(config)], gw_log)
-        click.echo(f"demo: gateway running (log {gw_log}); readings as they are stored:\n")
-        store_path = directory / "data" / "store.db"
-        seen = 0
-        shown = _energy_points(config)
-        started = time.monotonic()
-        while duration == 0 or time.monotonic() - started < duration:
-            time.sleep(1.0)
-            if gateway.poll() is not None:
-                raise click.ClickException(f"the gateway stopped; see {gw_log}")
-            if not store_path.exists():
-                continue
-            with contextlib.closing(Store.open_readonly(store_path)) as store:
-                while rows := store.after(seen, 1000):
-                    seen = rows[-1][0]
-                    for _, r in rows:
-                        counts[r.period] = counts.get(r.period, 0) + 1
-                        if r.period is Period.INSTANT and r.point not in shown:
-                            continue
-                        click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<24} {r.period!s:<8} "
-                                   f"{r.value:>14.3f}  {r.quality}")
+        click.echo(f"demo: gateway running (log {gw_log}); readings as they are stored, and "
+                   "what the collector has:\n")
+        counts = _watch(directory / "data" / "store.db", _energy_points(config), gateway,
+                        platform, duration, gw_log)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if gateway is not None:
             code = _stop(gateway)
             click.echo(f"\ndemo: gateway stopped (exit {code})")
-        _stop(sim)
+        try:
+            if not interrupted and gateway is not None:
+                _settle(platform)
+                _collector_view(platform)
+        finally:
+            for proc in reversed(procs):
+                _stop(proc)
     if interrupted:
         return
     _summary(directory, config, counts)
@@ -144,6 +192,62 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
                    "on the China Standard Time grid (GB/T 2589 factors):\n")
         lapse_store = asyncio.run(run_time_lapse(directory / "time-lapse", echo=click.echo))
         click.echo(f"\ndemo: time-lapse store {lapse_store}")
+
+
+DEMO_UNIT, DEMO_GATEWAY = "91320100MA1ABCDE0C", "DEMO01"
+
+
+def _watch(store_path: Path, shown: set[str], gateway: subprocess.Popen[bytes],
+           platform: Platform, duration: float, gw_log: Path) -> dict[Period, int]:
+    """Print the gateway's new readings each second and the collector's totals every five."""
+    from gateway._store import Store
+
+    counts: dict[Period, int] = {}
+    seen, ticks, last = 0, 0, (0, 0)
+    started = time.monotonic()
+    while duration == 0 or time.monotonic() - started < duration:
+        time.sleep(1.0)
+        ticks += 1
+        if gateway.poll() is not None:
+            raise click.ClickException(f"the gateway stopped; see {gw_log}")
+        if store_path.exists():
+            with contextlib.closing(Store.open_readonly(store_path)) as store:
+                while rows := store.after(seen, 1000):
+                    seen = rows[-1][0]
+                    for _, r in rows:
+                        counts[r.period] = counts.get(r.period, 0) + 1
+                        if r.period is Period.INSTANT and r.point not in shown:
+                            continue
+                        click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<24} {r.period!s:<8} "
+                                   f"{r.value:>14.3f}  {r.quality}")
+        totals = collector_totals(platform)
+        if ticks % 5 == 0 and totals != last:
+            last = totals
+            click.echo(f"  -> collector: {totals[0]} readings in {totals[1]} verified batches "
+                       f"from {DEMO_UNIT}/{DEMO_GATEWAY}")
+    return counts
+
+
+def _settle(platform: Platform) -> None:
+    """Let the collector store what the broker already holds before reading its view."""
+    last, stable_since = collector_totals(platform), time.monotonic()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and time.monotonic() - stable_since < 1.5:
+        time.sleep(0.25)
+        now = collector_totals(platform)
+        if now != last:
+            last, stable_since = now, time.monotonic()
+
+
+def _collector_view(platform: Platform) -> None:
+    readings, batches = collector_totals(platform)
+    click.echo(f"demo: the province collector stored {readings} readings in {batches} batches, "
+               "each verified (certificate, signature, hash chain); its status:")
+    res = subprocess.run([sys.executable, "-m", "kemon", "collector", "status", "-c",
+                          str(platform.collector_config)], capture_output=True, text=True,
+                         check=False)
+    for line in (res.stdout + res.stderr).splitlines():
+        click.echo(f"  {line}")
 
 
 def _energy_points(config: Path) -> set[str]:
@@ -179,8 +283,10 @@ def _summary(directory: Path, config: Path, counts: dict[Period, int]) -> None:
     cmd = os.path.relpath(kemon) if kemon.exists() else "kemon"
     if cmd.startswith(".."):
         cmd = str(kemon)
+    collector = Path(rel).parent / "platform" / "collector" / "collector.toml"
     click.echo("\nTry:\n"
                f"  {cmd} gateway readings -c {rel} --period instant --limit 5\n"
                f"  {cmd} gateway meters -c {rel}\n"
+               f"  {cmd} collector readings -c {collector} --limit 5\n"
                f"  {cmd} demo --duration 0     (runs until Ctrl-C; 15-minute "
                "consumption appears at each quarter hour)")

@@ -1,0 +1,129 @@
+"""The platform half of ``kemon demo``: a province provisioned and started as docs/provisioning.md
+tells an operator to do it.
+
+``provision`` runs the real ``kemon provision`` commands (a CA, the broker's server certificate,
+a Mosquitto configuration with mutual TLS and the topic ACL, a collector identity and a gateway
+identity), echoing each command line and what it printed; ``start_broker`` and
+``start_collector`` start Mosquitto and ``kemon collector run`` on what was written. Nothing here
+is demo-only cryptography: the gateway reaches the collector through the same certificate checks
+a production site passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+__all__ = ["Platform", "collector_totals", "mosquitto_binary", "provision", "start_broker",
+           "start_collector"]
+
+COLLECTOR = "demo"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where the provisioned platform lives under the demo directory."""
+
+    root: Path
+    port: int
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def collector_config(self) -> Path:
+        return self.root / "collector" / "collector.toml"
+
+    @property
+    def collector_db(self) -> Path:
+        return self.root / "collector" / "collector.db"
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+
+def mosquitto_binary() -> str:
+    """Debian installs the broker in /usr/sbin, which is not on every user's PATH."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise click.ClickException("mosquitto is not installed: make demo installs it "
+                                   "(apt-get install mosquitto)")
+    return found
+
+
+def _kemon(echo: Callable[[str], None], *args: str) -> None:
+    shown = " ".join(f"'{a}'" if " " in a else a for a in args)
+    echo(f"  $ kemon {shown}")
+    res = subprocess.run([sys.executable, "-m", "kemon", *args], capture_output=True, text=True,
+                         check=False)
+    for line in (res.stdout + res.stderr).splitlines():
+        echo(f"    {line}")
+    if res.returncode != 0:
+        raise click.ClickException(f"'kemon {args[0]} {args[1]}' failed (exit {res.returncode})")
+
+
+def provision(root: Path, *, port: int, unit: str, gateway: str, gateway_dir: Path,
+              echo: Callable[[str], None]) -> Platform:
+    """Provision a province in ``root`` and a gateway identity in ``gateway_dir``."""
+    p = Platform(root, port)
+    root.mkdir(parents=True, exist_ok=True)
+    _kemon(echo, "provision", "ca", "init", "--dir", str(p.ca), "--name", "Kemon Demo CA")
+    _kemon(echo, "provision", "server", "--ca-dir", str(p.ca), "--host", "127.0.0.1",
+           "--host", "localhost", "--out", str(root / "broker-id"))
+    # the broker runs as whoever runs the demo (Mosquitto would otherwise drop to 'mosquitto',
+    # which cannot read a private checkout)
+    _kemon(echo, "provision", "broker", "--ca-dir", str(p.ca), "--server-dir",
+           str(root / "broker-id"), "--port", str(port), "--collector", COLLECTOR,
+           "--user", getpass.getuser(), "--out", str(p.broker))
+    _kemon(echo, "provision", "collector", "--ca-dir", str(p.ca), "--name", COLLECTOR,
+           "--out", str(p.collector_config.parent))
+    _kemon(echo, "provision", "gateway", "--ca-dir", str(p.ca), "--unit", unit, "--id", gateway,
+           "--destination", f"province={p.url}", "--out", str(gateway_dir))
+    p.collector_config.write_text(
+        "# Written by 'kemon demo': a province collector on the demo broker (docs/collector.md)\n"
+        "[collector]\nrole = \"province\"\nregion = \"320000\"\n"
+        "database = \"sqlite:collector.db\"\n\n"
+        f"[broker]\nurl = \"{p.url}\"\nca_file = \"ca.pem\"\n"
+        "cert_file = \"collector.pem\"\nkey_file = \"collector.key\"\n", encoding="utf-8")
+    return p
+
+
+def start_broker(p: Platform, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([mosquitto_binary(), "-c", str(p.broker / "mosquitto.conf")],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def start_collector(p: Platform, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "kemon", "collector", "run", "-c",
+                                 str(p.collector_config)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def collector_totals(p: Platform) -> tuple[int, int]:
+    """(readings, batches) the collector has stored so far, read without disturbing it."""
+    if not p.collector_db.exists():
+        return 0, 0
+    uri = f"file:{p.collector_db.resolve()}?mode=ro"
+    with contextlib.suppress(sqlite3.Error), \
+            contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
+        (readings,) = db.execute("SELECT count(*) FROM reading").fetchone()
+        (batches,) = db.execute("SELECT count(*) FROM batch").fetchone()
+        return int(readings), int(batches)
+    return 0, 0
