@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -218,3 +219,40 @@ def meters_command(config_path: str) -> None:
         click.echo(json.dumps({"meter": meter.name, "bus": meter.bus, **stats}))
 
 
+
+
+@gateway_group.command("selftest")
+@_config_option
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where the JSON and HTML reports go (default: the data directory).")
+@click.option("--timeout", "deadline", type=click.FloatRange(min=0.1, max=600), default=10.0,
+              show_default=True, metavar="SECONDS", help="Deadline of each check.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of text.")
+def selftest_command(config_path: str, report_dir: Path | None, deadline: float,
+                     as_json: bool) -> None:
+    """Commissioning self-test (调试自检): serial ports, every meter once (plausible values),
+    clock synchronisation, disk space, the store, the certificate, and TLS + MQTT CONNECT to
+    every destination. Prints the report (中文/English) and writes it as
+    selftest-<gateway>-<UTC time>.json and .html. Exit 0 when no check failed, 1 otherwise.
+
+    \b
+    Example:
+      kemon gateway selftest -c /etc/kemon/gateway.toml --report-dir /boot/kemon
+    """
+    from ._selftest import run_selftest, write_reports
+    from ._selftest_report import render_json, render_text
+
+    cfg = _load(config_path)
+    click.echo(f"selftest: {len(cfg.buses)} buses, {len(cfg.meters)} meters, "
+               f"{len(cfg.destinations)} destinations; at most {deadline:g} s per check …",
+               err=True)
+    report = asyncio.run(run_selftest(cfg, deadline=deadline))
+    click.echo(render_json(report) if as_json else render_text(report), nl=False)
+    where = report_dir if report_dir is not None else cfg.gateway.data_dir
+    try:
+        paths = write_reports(report, where)
+    except OSError as exc:
+        raise Failure(f"cannot write the report in {where}: {exc.strerror or exc}") from None
+    click.echo("report: " + "  ".join(str(p) for p in paths), err=True)
+    if not report.passed:
+        sys.exit(1)

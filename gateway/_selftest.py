@@ -1,0 +1,609 @@
+"""``kemon gateway selftest``: the commissioning checks a field technician runs on a freshly
+installed gateway. Each check yields one :class:`~gateway._selftest_report.CheckResult`.
+
+=================  ==========================================================================
+id                 what passes
+=================  ==========================================================================
+``certificate``    the gateway's key matches its certificate, which is valid now (warn when
+                   fewer than 30 days are left); ``certificate.<dest>`` for a destination
+                   that presents a certificate of its own
+``clock``          the kernel says the clock is synchronised (``adjtimex(2)``, else
+                   ``timedatectl``) and it reads after 2020
+``disk``           the store's file system has room for what the store will still grow to
+                   (``gateway._sizing.estimate_store``)
+``store``          a probe SQLite database (WAL, fsync) can be written in the data directory;
+                   an existing store opens, is a Kemon store, and takes a write lock that is
+                   rolled back at once (safe beside a running gateway)
+``port.<bus>``     the serial port exists and opens with the bus's settings, or the TCP
+                   endpoint accepts a connection
+``meter.<name>``   the meter answers, every point once, each value plausible (:func:`implausible`)
+``destination.…``  TLS handshake (the broker verified against ``ca_file``) and MQTT 5 CONNECT
+                   with the gateway's certificate; CONNACK success, then a clean DISCONNECT
+=================  ==========================================================================
+
+Checks run concurrently (buses in parallel; one transaction at a time on a bus, as the poller
+does); every check has its own deadline, so a hung meter, port or broker costs that check a
+failure and nothing else. Meters are read through the gateway's own drivers and
+:class:`~gateway._poller.BusPoller` (same retries and deadlines as ``run``); destinations are
+probed with the uplink's :class:`~protocol._mqtt_publish.MqttLink`, under a client id of their
+own (``…:selftest``) so a running gateway's session is not taken over; nothing is published.
+
+The clock is read through a seam (``clock=``, a :data:`ClockProbe`) so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import os
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from protocol._mqtt_publish import LinkError, MqttLink, tls_for
+
+from . import _clock
+from ._delivery import IdentityError, load_identity
+from ._model import BusConfig, DestinationConfig, GatewayConfig, MeterConfig, PointConfig
+from ._poller import BusPoller
+from ._selftest_report import CheckResult, SelftestReport, Status, render_html, render_json
+from ._sizing import estimate_store
+from ._store import Store, StoreError
+from .drivers import open_driver
+from .drivers._base import Driver
+from .drivers._port_open import open_off_loop
+
+__all__ = ["CERT_WARN_DAYS", "DEFAULT_TIMEOUT", "ClockProbe", "ClockState", "implausible",
+           "judge_certificate", "judge_clock", "judge_disk", "kernel_clock", "report_paths",
+           "run_selftest", "write_reports"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0     # seconds per check
+CERT_WARN_DAYS = 30        # a certificate with fewer days left is a warning
+_STA_NANO = 0x2000         # adjtimex status: ``offset`` in ns, not µs (linux/timex.h)
+_MQTT_PROBE_SUFFIX = ":selftest"
+
+_Outcome = tuple[Status, str, dict[str, Any]]
+
+
+# --- clock --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """What is known about the system clock. ``synchronised`` None: nobody could tell.
+    Errors and offset in seconds, where the source gives them."""
+
+    now: float
+    synchronised: bool | None
+    source: str                        # "adjtimex", "timedatectl" or "none"
+    max_error_s: float | None = None
+    est_error_s: float | None = None
+    offset_s: float | None = None
+
+
+ClockProbe = Callable[[], ClockState]
+
+
+def kernel_clock() -> ClockState:
+    """The kernel's view: ``adjtimex(2)`` read-only (status, estimated and maximum error, PLL
+    offset), else ``timedatectl show -p NTPSynchronized``. Uses ``gateway._clock``'s
+    ``struct timex`` and constants."""
+    import ctypes
+    import ctypes.util
+
+    now = time.time()
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        try:
+            libc = ctypes.CDLL(name, use_errno=True)
+            tx = _clock._Timex()            # modes = 0: read only
+            state = libc.adjtimex(ctypes.byref(tx))
+        except (OSError, AttributeError):
+            state = -1
+        if state >= 0:
+            unit = 1e-9 if tx.status & _STA_NANO else 1e-6
+            return ClockState(now, state != _clock._TIME_ERROR and
+                              not tx.status & _clock._STA_UNSYNC, "adjtimex",
+                              max_error_s=tx.maxerror * 1e-6, est_error_s=tx.esterror * 1e-6,
+                              offset_s=tx.offset * unit)
+    synced = _clock._timedatectl_synchronised()
+    return ClockState(now, synced, "timedatectl" if synced is not None else "none")
+
+
+def judge_clock(state: ClockState, *, require_sync: bool) -> _Outcome:
+    """Pass when synchronised and after the earliest trusted time; a clock that is merely not
+    synchronised is a warning when the configuration says ``require_time_sync = false``."""
+    stamp = datetime.fromtimestamp(state.now, UTC).isoformat(timespec="seconds")
+    measured: dict[str, Any] = {"now_utc": stamp, "source": state.source,
+                                "synchronised": state.synchronised}
+    for key, value in (("max_error_ms", state.max_error_s), ("est_error_ms", state.est_error_s),
+                       ("offset_ms", state.offset_s)):
+        if value is not None:
+            measured[key] = round(value * 1000, 3)
+    if state.now < _clock._EARLIEST_TRUSTED:
+        return (Status.FAIL, f"the clock reads {stamp}, before 2020: it has not been set "
+                "(no RTC and no NTP yet?)", measured)
+    if state.synchronised:
+        extra = ""
+        if state.est_error_s is not None and state.max_error_s is not None:
+            extra = (f"; estimated error {state.est_error_s * 1000:.1f} ms, "
+                     f"maximum {state.max_error_s * 1000:.1f} ms")
+        if state.offset_s is not None:
+            extra += f"; offset {state.offset_s * 1000:+.3f} ms"
+        return Status.PASS, f"synchronised ({state.source}){extra}", measured
+    why = ("the kernel reports it unsynchronised" if state.synchronised is False
+           else "cannot tell (no adjtimex, no timedatectl)")
+    if not require_sync:
+        return (Status.WARN, f"not synchronised: {why}; allowed only because "
+                "require_time_sync = false (tests and demos)", measured)
+    return (Status.FAIL, f"not synchronised: {why}; readings would be stamped clock_unsynced "
+            "— check NTP (timedatectl status, chronyc tracking) and the network", measured)
+
+
+# --- plausible values ---------------------------------------------------------------------
+
+_INF = math.inf
+#: Plausible ranges by the point's unit (after scaling).
+_RANGES: dict[str, tuple[float, float]] = {
+    # GB/T 156-2017 standard voltages: the highest system voltage in China is 1100 kV
+    # (1000 kV UHV), so no primary-side voltage is above it.
+    "V": (0.0, 1.1e6), "kV": (0.0, 1100.0),
+    # GB/T 15945-2008: nominal 50 Hz, normal deviation ±0.2 Hz (±0.5 Hz small systems);
+    # 45–65 Hz also admits 60 Hz equipment and an islanded generator.
+    "Hz": (45.0, 65.0),
+    # Sane defaults (no standard): the largest currents and powers an enterprise meters.
+    "A": (0.0, 1e5), "kA": (0.0, 100.0),
+    "W": (-1e9, 1e9), "kW": (-1e6, 1e6), "MW": (-1e3, 1e3),
+    "var": (-1e9, 1e9), "kvar": (-1e6, 1e6), "VA": (0.0, 1e9), "kVA": (0.0, 1e6),
+    "°C": (-50.0, 200.0),             # water, heat and steam circuits a CJ/T 188 meter sees
+    "m³/h": (-1e6, 1e6), "t/h": (-1e5, 1e5),
+    # Accumulated quantities never go below zero.
+    **dict.fromkeys(("Wh", "kWh", "MWh", "varh", "kvarh", "kJ", "MJ", "GJ", "m³", "L", "t",
+                     "kg"), (0.0, _INF)),
+}
+_POWER_FACTOR = (-1.0, 1.0)
+
+
+def _range_for(point: PointConfig) -> tuple[float, float] | None:
+    if point.unit in _RANGES:
+        return _RANGES[point.unit]
+    label = f"{point.key} {point.name}".lower()
+    if point.unit in ("", "1") and (point.key == "pf" or "power factor" in label
+                                    or "功率因数" in label):
+        return _POWER_FACTOR
+    return None
+
+
+def implausible(point: PointConfig, value: float) -> str | None:
+    """Why ``value`` read for ``point`` cannot be right, or None when it is plausible."""
+    unit = f" {point.unit}" if point.unit else ""
+    if math.isnan(value):
+        return "NaN (not a number)"
+    if math.isinf(value):
+        return "infinite"
+    if point.counter and value < 0:
+        return f"{value:.6g}{unit}: a cumulative counter cannot be negative"
+    if point.counter_max is not None and value >= point.counter_max:
+        return f"{value:.6g}{unit}: at or above the counter's wrap value {point.counter_max:g}"
+    if point.type.startswith("float") and 0 < abs(value) < 1e-30:
+        return (f"{value:.3g}{unit}: a vanishingly small float — the register word or byte "
+                "order is probably wrong")
+    bounds = _range_for(point)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        low, high = bounds
+        span = f"≥ {low:g}" if high == _INF else f"{low:g} to {high:g}"
+        return f"{value:.6g}{unit}, outside the plausible {span}{unit}"
+    return None
+
+
+# --- certificate and disk -----------------------------------------------------------------
+
+def judge_certificate(cert: x509.Certificate, now: float) -> _Outcome:
+    """Valid now, with at least ``CERT_WARN_DAYS`` days left to pass."""
+    begins, ends = cert.not_valid_before_utc, cert.not_valid_after_utc
+    at = datetime.fromtimestamp(now, UTC)
+    days = (ends - at).total_seconds() / 86400
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    measured: dict[str, Any] = {
+        "subject": str(cn[0].value) if cn else cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(), "serial": f"{cert.serial_number:x}",
+        "not_before": begins.isoformat(), "not_after": ends.isoformat(),
+        "days_left": math.floor(days)}
+    if at < begins:
+        return (Status.FAIL, f"not valid yet: valid from {begins:%Y-%m-%d %H:%M} UTC "
+                "(or the clock is wrong)", measured)
+    if days <= 0:
+        return Status.FAIL, f"expired on {ends:%Y-%m-%d} — issue a new one", measured
+    text = f"{measured['subject']}, valid until {ends:%Y-%m-%d} ({math.floor(days)} days left)"
+    if days < CERT_WARN_DAYS:
+        return Status.WARN, f"{text}: renew it soon", measured
+    return Status.PASS, text, measured
+
+
+def judge_disk(free_bytes: int, store_bytes: int, retention_bytes: int, budget_bytes: int,
+               days_that_fit: float, retention_days: int) -> _Outcome:
+    """Room for what the store will still grow to: its final size (the retention's estimate,
+    at most the budget) less what it takes already."""
+    mb = 1024 * 1024
+    target = min(retention_bytes, budget_bytes)
+    need = max(0, target - store_bytes)
+    measured = {"free_bytes": free_bytes, "store_bytes": store_bytes,
+                "store_target_bytes": target, "still_needed_bytes": need,
+                "budget_bytes": budget_bytes, "retention_bytes": retention_bytes}
+    text = (f"{free_bytes / mb:,.0f} MB free; the store takes {store_bytes / mb:,.1f} MB and "
+            f"will grow to about {target / mb:,.0f} MB")
+    if free_bytes < need:
+        return (Status.FAIL, f"{text}: {need / mb:,.0f} MB more needed — free space or lower "
+                "store.disk_budget_mb", measured)
+    if retention_bytes > budget_bytes:
+        return (Status.WARN, f"{text}; the budget holds only about {days_that_fit:.0f} of "
+                f"retention_days = {retention_days} days", measured)
+    return Status.PASS, text, measured
+
+
+def _disk(cfg: GatewayConfig) -> _Outcome:
+    size = estimate_store(cfg)
+    where = cfg.gateway.data_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    st = os.statvfs(where)
+    store = cfg.gateway.data_dir / "store.db"
+    used = sum(os.stat(f"{store}{s}").st_size for s in ("", "-wal", "-shm")
+               if os.path.exists(f"{store}{s}"))
+    status, text, measured = judge_disk(st.f_bavail * st.f_frsize, used, size.retention_bytes,
+                                        size.budget_bytes, size.days_that_fit,
+                                        cfg.store.retention_days)
+    return status, text, {"filesystem_of": str(where), **measured}
+
+
+# --- store --------------------------------------------------------------------------------
+
+def _probe_database(data_dir: Path) -> None:
+    """Create, write (WAL, fsync) and remove a scratch SQLite database beside the store."""
+    probe = data_dir / f".selftest-{os.getpid()}.db"
+    try:
+        conn = sqlite3.connect(probe, isolation_level=None)
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"WAL journal refused (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("CREATE TABLE probe (x BLOB)")
+            conn.execute("INSERT INTO probe VALUES (?)", (os.urandom(4096),))
+        finally:
+            conn.close()
+    finally:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{probe}{suffix}")
+
+
+def _store(data_dir: Path) -> _Outcome:
+    measured: dict[str, Any] = {"data_dir": str(data_dir)}
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return (Status.FAIL, f"cannot create the data directory {data_dir}: "
+                f"{exc.strerror or exc}", measured)
+    try:
+        _probe_database(data_dir)
+    except (OSError, sqlite3.Error) as exc:
+        return Status.FAIL, f"cannot write a database in {data_dir}: {exc}", measured
+    path = data_dir / "store.db"
+    if not path.exists():
+        return (Status.PASS, f"{data_dir} takes a SQLite WAL database; the store is created "
+                "when the gateway first runs", measured)
+    try:
+        with Store.open_readonly(path) as store:
+            measured["last_reading_id"] = store.last_id()
+    except StoreError as exc:
+        return Status.FAIL, str(exc), measured
+    # Take the write lock and let it go at once: proves the file is writable and harms
+    # nothing if the gateway runs (it waits up to its busy timeout for far less).
+    conn = sqlite3.connect(path, isolation_level=None, timeout=2.0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return (Status.WARN, f"{path} is a Kemon store, but another process held its write "
+                    "lock for 2 s (the running gateway?)", measured)
+        return Status.FAIL, f"{path} cannot be written: {exc}", measured
+    finally:
+        conn.close()
+    return (Status.PASS, f"{path} is a Kemon store and writable "
+            f"(last reading id {measured['last_reading_id']})", measured)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+def _version() -> str:
+    try:
+        return metadata.version("kemon")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _serial_facts(bus: BusConfig) -> tuple[bool, dict[str, Any]]:
+    """Whether the bus's serial device exists, and what to record about it."""
+    port = bus.port or ""
+    return os.path.exists(port), {
+        "kind": bus.kind, "port": port, "device": os.path.realpath(port),
+        "settings": f"{bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"}
+
+
+class _Selftest:
+    def __init__(self, cfg: GatewayConfig, timeout: float, clock: ClockProbe,
+                 driver_factory: Callable[[BusConfig], Driver]) -> None:
+        self.cfg = cfg
+        self.timeout = timeout
+        self.clock = clock
+        self.driver_factory = driver_factory
+
+    async def check(self, check_id: str, zh: str, en: str,
+                    work: Callable[[], Awaitable[_Outcome]]) -> CheckResult:
+        """Run one check within the deadline; a check that raises fails with the reason."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, detail, measured = await work()
+        except TimeoutError:
+            status, detail, measured = (Status.FAIL, f"no result within {self.timeout:g} s",
+                                        {})
+        except Exception as exc:    # a check that breaks fails; the others go on
+            log.debug("check %s failed", check_id, exc_info=True)
+            status, detail, measured = Status.FAIL, _one_line(exc), {}
+        return CheckResult(check_id, zh, en, status, detail, measured,
+                           time.monotonic() - started)
+
+    def blocking(self, func: Callable[[], _Outcome], what: str) -> Callable[[], Awaitable[
+            _Outcome]]:
+        """``func`` in a daemon thread (a hung file system or subprocess cannot hold the
+        process at exit)."""
+        async def work() -> _Outcome:
+            return await open_off_loop(func, lambda _r: None, deadline=self.timeout + 1,
+                                       what=f"selftest {what}")
+        return work
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _clock_outcome(self) -> _Outcome:
+        return judge_clock(self.clock(), require_sync=self.cfg.gateway.require_time_sync)
+
+    def _certificates(self) -> list[Awaitable[CheckResult]]:
+        cfg = self.cfg
+        if not cfg.destinations and cfg.gateway.cert_file is None:
+            async def nothing() -> _Outcome:
+                return (Status.WARN, "no [[destination]]: this gateway reports to no platform",
+                        {})
+            return [self.check("certificate", "网关证书", "Gateway certificate", nothing)]
+        own = self.blocking(functools.partial(self._certificate, cfg.gateway.key_file,
+                                              cfg.gateway.cert_file), "certificate")
+        out: list[Awaitable[CheckResult]] = [
+            self.check("certificate", "网关证书", "Gateway certificate", own)]
+        seen = {cfg.gateway.cert_file}
+        for dest in cfg.destinations:
+            if dest.cert_file is not None and dest.cert_file not in seen:
+                seen.add(dest.cert_file)
+                out.append(self.check(
+                    f"certificate.{dest.name}", f"{dest.name} 证书",
+                    f"Certificate for {dest.name}", self.blocking(
+                        functools.partial(self._certificate, dest.key_file, dest.cert_file),
+                        "certificate")))
+        return out
+
+    @staticmethod
+    def _certificate(key_file: Path | None, cert_file: Path | None) -> _Outcome:
+        try:
+            _, pem = load_identity(key_file, cert_file)
+        except IdentityError as exc:
+            return Status.FAIL, str(exc), {}
+        status, detail, measured = judge_certificate(
+            x509.load_pem_x509_certificate(pem.encode("ascii")), time.time())
+        return status, detail, {"file": str(cert_file), **measured}
+
+    async def _bus(self, bus: BusConfig) -> list[CheckResult]:
+        meters = [m for m in self.cfg.meters if m.bus == bus.name]
+        driver = self.driver_factory(bus)
+        if bus.is_tcp:
+            port_id, zh, en = f"port.{bus.name}", f"网络连接 {bus.name}", f"Network link {bus.name}"
+        else:
+            port_id, zh, en = f"port.{bus.name}", f"串口 {bus.name}", f"Serial port {bus.name}"
+        results: list[CheckResult] = []
+        try:
+            port = await self.check(port_id, zh, en, lambda: self._open(bus, driver))
+            results.append(port)
+            poller = BusPoller(bus, driver)
+            for meter in meters:
+                if port.status is Status.FAIL:
+                    results.append(CheckResult(
+                        f"meter.{meter.name}", f"仪表 {meter.name}", f"Meter {meter.name}",
+                        Status.FAIL, f"not read: bus {bus.name} is not available",
+                        {"bus": bus.name, "address": meter.address}))
+                    continue
+                results.append(await self.check(
+                    f"meter.{meter.name}", f"仪表 {meter.name}", f"Meter {meter.name}",
+                    functools.partial(self._read, poller, meter)))
+        finally:
+            with contextlib.suppress(OSError):
+                await driver.close()
+        return results
+
+    @staticmethod
+    async def _open(bus: BusConfig, driver: Driver) -> _Outcome:
+        if bus.is_tcp:
+            where = f"{bus.host}:{bus.tcp_port}"
+            measured: dict[str, Any] = {"kind": bus.kind, "endpoint": where}
+        else:
+            assert bus.port is not None
+            where = bus.port
+            present, measured = _serial_facts(bus)
+            if not present:
+                return (Status.FAIL, f"{bus.port} does not exist (adapter unplugged, wrong name, "
+                        "or udev rule missing?)", measured)
+        started = time.monotonic()
+        try:
+            await driver.connect()
+        except OSError as exc:
+            return Status.FAIL, f"cannot open {where}: {_one_line(exc)}", measured
+        measured["open_ms"] = round((time.monotonic() - started) * 1000, 1)
+        if bus.is_tcp:
+            return Status.PASS, f"connected to {where}", measured
+        return Status.PASS, f"{where} opened ({measured['settings']})", measured
+
+    async def _read(self, poller: BusPoller, meter: MeterConfig) -> _Outcome:
+        poll = (await poller.poll([meter], int(time.time())))[0]
+        stats = poller.stats[meter.name]
+        measured: dict[str, Any] = {"bus": meter.bus, "address": meter.address,
+                                    "requests": stats.requests}
+        if poll.error is not None or poll.result is None:
+            detail = poll.error.detail if poll.error is not None else "no answer"
+            return Status.FAIL, f"address {meter.address}: {detail}", measured
+        measured["latency_ms"] = stats.last_latency_ms
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for point in meter.points:
+            label = point.key or point.code
+            error = poll.result.errors.get(point.code)
+            value = poll.values.get(point.code)
+            if error is not None or value is None:
+                problems.append(f"{label}: {error.detail if error else 'no value'}")
+                continue
+            values[label] = f"{value:.6g} {point.unit}".strip()
+            reason = implausible(point, value)
+            if reason is not None:
+                problems.append(f"{label} = {reason}")
+        measured["values"] = values
+        if problems:
+            shown = "; ".join(problems[:4])
+            more = f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+            hint = (" — check register, type, word order and scale"
+                    if any("plausible" in p for p in problems) else "")
+            return Status.FAIL, f"{shown}{more}{hint}", measured
+        return (Status.PASS, f"{len(values)} points read in {stats.last_latency_ms:g} ms, "
+                "all plausible", measured)
+
+    async def _destination(self, dest: DestinationConfig) -> _Outcome:
+        gw = self.cfg.gateway
+        client_id = f"{gw.id}@{gw.unit}:{dest.name}{_MQTT_PROBE_SUFFIX}"
+        measured: dict[str, Any] = {"url": dest.url, "client_id": client_id, "tls": dest.tls}
+        try:
+            tls = tls_for(dest.tls, dest.ca_file, dest.cert_file, dest.key_file)
+        except LinkError as exc:
+            return Status.FAIL, exc.reason, measured
+        link = MqttLink(name=f"selftest[{dest.name}]", host=dest.host, port=dest.port,
+                        client_id=client_id, keepalive=dest.keepalive, tls=tls, will=None,
+                        session_expiry=0, receive_maximum=1,
+                        on_puback=lambda _mid, _reason: None, on_message=lambda _m: None)
+        started = time.monotonic()
+        try:
+            try:
+                # a little under the check's deadline, so that the link says what hung
+                info = await link.connect(self.timeout * 0.8)
+            except LinkError as exc:
+                return Status.FAIL, exc.reason, measured
+            measured["connack_ms"] = round((time.monotonic() - started) * 1000, 1)
+            measured["receive_maximum"] = info.receive_maximum
+            await link.disconnect(2.0)
+        finally:
+            link.abort("selftest done")
+        if not dest.tls:
+            return (Status.WARN, f"MQTT CONNECT accepted by {dest.host}:{dest.port} without "
+                    "TLS (insecure = true): not for production", measured)
+        verified = dest.ca_file.name if dest.ca_file is not None else "the system trust store"
+        return (Status.PASS, f"TLS verified against {verified}; MQTT CONNECT accepted by "
+                f"{dest.host}:{dest.port} in {measured['connack_ms']:g} ms", measured)
+
+    async def run(self) -> list[CheckResult]:
+        cfg = self.cfg
+        jobs: list[Awaitable[CheckResult | list[CheckResult]]] = [
+            *self._certificates(),
+            self.check("clock", "时钟同步", "Clock synchronised",
+                       self.blocking(self._clock_outcome, "clock")),
+            self.check("disk", "磁盘空间", "Disk space",
+                       self.blocking(lambda: _disk(cfg), "disk")),
+            self.check("store", "本地存储可写", "Store writable",
+                       self.blocking(lambda: _store(cfg.gateway.data_dir), "store")),
+        ]
+        jobs += [self._bus(bus) for bus in cfg.buses]
+        jobs += [self.check(f"destination.{d.name}", f"上传平台 {d.name}",
+                            f"Destination {d.name} (TLS + MQTT)",
+                            functools.partial(self._destination, d))
+                 for d in cfg.destinations]
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(_as_coroutine(job), name=f"kemon.selftest[{i}]")
+                     for i, job in enumerate(jobs)]
+        out: list[CheckResult] = []
+        for task in tasks:
+            done = task.result()
+            out.extend(done if isinstance(done, list) else [done])
+        return out
+
+
+async def _as_coroutine(job: Awaitable[Any]) -> Any:
+    return await job
+
+
+async def run_selftest(cfg: GatewayConfig, *, deadline: float = DEFAULT_TIMEOUT,
+                       clock: ClockProbe = kernel_clock,
+                       driver_factory: Callable[[BusConfig], Driver] = open_driver,
+                       ) -> SelftestReport:
+    """Run every check of ``cfg`` (each within ``deadline`` seconds) and return the report.
+    ``clock`` and ``driver_factory`` are seams for tests."""
+    started = time.time()
+    checks = await _Selftest(cfg, deadline, clock, driver_factory).run()
+    return SelftestReport(gateway=cfg.gateway.id, unit=cfg.gateway.unit, config=str(cfg.source),
+                          host=socket.gethostname(), version=_version(), started=started,
+                          finished=time.time(), checks=tuple(checks))
+
+
+# --- the record on disk -------------------------------------------------------------------
+
+def report_paths(report: SelftestReport, directory: Path) -> tuple[Path, Path]:
+    """``selftest-<gateway>-<UTC stamp>.json`` and ``.html`` in ``directory``."""
+    stamp = datetime.fromtimestamp(report.started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    stem = directory / f"selftest-{report.gateway}-{stamp}"
+    return stem.with_suffix(".json"), stem.with_suffix(".html")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_reports(report: SelftestReport, directory: Path) -> tuple[Path, Path]:
+    """Write the JSON and HTML reports into ``directory`` (created if missing), each through a
+    temporary file and a rename. Raises OSError."""
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = report_paths(report, directory)
+    _write_atomically(json_path, render_json(report))
+    _write_atomically(html_path, render_html(report))
+    return json_path, html_path
