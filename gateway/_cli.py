@@ -219,8 +219,6 @@ def meters_command(config_path: str) -> None:
         click.echo(json.dumps({"meter": meter.name, "bus": meter.bus, **stats}))
 
 
-
-
 @gateway_group.command("selftest")
 @_config_option
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",

@@ -439,9 +439,12 @@ class _Selftest:
                         Status.FAIL, f"not read: bus {bus.name} is not available",
                         {"bus": bus.name, "address": meter.address}))
                     continue
-                results.append(await self.check(
+                result = await self.check(
                     f"meter.{meter.name}", f"仪表 {meter.name}", f"Meter {meter.name}",
-                    functools.partial(self._read, poller, meter)))
+                    functools.partial(self._read, poller, meter))
+                results.append(result)
+                if result.status is Status.FAIL:
+                    await poller.close()   # what a failed meter left on the link goes with it
         finally:
             with contextlib.suppress(OSError):
                 await driver.close()

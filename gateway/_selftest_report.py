@@ -144,9 +144,10 @@ tr[data-status=fail] td.status{color:#a01010;background:#fde8e8}
 .verdict{font-size:1.2em;font-weight:bold;padding:.4em .6em;display:inline-block}
 .verdict.pass{background:#e3f4e3;color:#176117}
 .verdict.fail{background:#fde8e8;color:#a01010}
-dl{margin:0;font-size:.85em;font-family:monospace}
-dt{float:left;clear:left;margin-right:.5em;color:#555}
-dd{margin:0}
+table.kv{margin:0;width:auto;font-size:.85em;font-family:monospace}
+table.kv th,table.kv td{border:none;padding:0 .6em 0 0;background:none;font-weight:normal}
+table.kv th{color:#555}
+table.kv table.kv{font-size:1em}
 .meta td{border:none;padding:.1em .6em .1em 0}
 .sign{margin-top:3em}
 .sign span{display:inline-block;width:18em;border-top:1px solid #444;margin-right:3em;
@@ -157,8 +158,11 @@ dd{margin:0}
 
 def _value_html(value: Any) -> str:
     if isinstance(value, Mapping):
-        return "<dl>" + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{_value_html(v)}</dd>"
-                                for k, v in value.items()) + "</dl>"
+        return '<table class="kv">' + "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{_value_html(v)}</td></tr>"
+            for k, v in value.items()) + "</table>"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "—"}[value]
     if isinstance(value, list | tuple):
         return html.escape(", ".join(str(v) for v in value))
     return html.escape(str(value))

@@ -249,6 +249,58 @@ def test_a_hung_clock_source_costs_only_its_deadline(tmp_path: Path) -> None:
     assert next(c for c in report.checks if c.id == "store").status is Status.PASS
 
 
+def test_the_store_check_beside_a_live_writer(tmp_path: Path) -> None:
+    """An existing store is opened, checked and write-locked for a moment only: the writer
+    (a running gateway) goes on appending; a writer holding the lock makes it a warning."""
+    import sqlite3
+
+    from gateway._store import Store
+    from protocol import Period, Reading
+
+    cfg_path = tmp_path / "g.toml"
+    cfg_path.write_text(f'[gateway]\nid = "G"\nunit = "{UNIT}"\ndata_dir = "d"\n',
+                        encoding="utf-8")
+    cfg = load_config(cfg_path)
+    synced = ClockState(time.time(), True, "test")
+
+    def store_check() -> CheckResult:
+        report = asyncio.run(run_selftest(cfg, deadline=5, clock=lambda: synced))
+        return next(c for c in report.checks if c.id == "store")
+
+    with Store(tmp_path / "d" / "store.db") as store:
+        store.append_cycle([Reading("p", Period.INSTANT, 1_780_000_000_000, 1.0)])
+        check = store_check()
+        assert check.status is Status.PASS, check.detail
+        assert "is a Kemon store and writable" in check.detail
+        assert check.measured["last_reading_id"] == 1
+        assert store.append_cycle([Reading("p", Period.INSTANT, 1_780_000_060_000, 2.0)]) == 1
+        other = sqlite3.connect(tmp_path / "d" / "store.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")          # a writer in the middle of a cycle
+            check = store_check()
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert check.status is Status.WARN and "held its write lock" in check.detail
+        assert store.append_cycle([Reading("p", Period.INSTANT, 1_780_000_120_000, 3.0)]) == 1
+        assert store.count() == 3
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()
+                  if p.name.startswith(".selftest")) == []
+
+
+def test_a_store_that_is_not_a_kemon_store_fails(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "store.db").write_bytes(b"this is not SQLite" * 100)
+    cfg_path = tmp_path / "g.toml"
+    cfg_path.write_text(f'[gateway]\nid = "G"\nunit = "{UNIT}"\ndata_dir = "d"\n',
+                        encoding="utf-8")
+    report = asyncio.run(run_selftest(load_config(cfg_path), deadline=5,
+                                      clock=lambda: ClockState(time.time(), True, "test")))
+    check = next(c for c in report.checks if c.id == "store")
+    assert check.status is Status.FAIL and "store.db" in check.detail
+    assert not report.passed
+
+
 # --- real runs ----------------------------------------------------------------------------
 
 INLINE_TCP = """
