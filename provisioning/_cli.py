@@ -6,6 +6,7 @@
     kemon provision collector --ca-dir DIR --name NAME --out OUT
     kemon provision broker --ca-dir DIR --server-dir SRV --out OUT [--collector N]…
     kemon provision revoke --ca-dir DIR CERT…           re-issues ca.crl
+    kemon provision image --image FILE.img --bundle DIR   the gateway's first boot on an SD card
 
 Keys are ECDSA P-256, written 0600 and never printed; an existing key or certificate is never
 replaced unless ``--force`` is given. Everything is done with ``cryptography``
@@ -285,6 +286,62 @@ def revoke_command(ca_dir: Path, certs: Sequence[Path]) -> None:
         revoked.add(cert.serial_number)
     write_crl(crl_path, make_crl(ca_key, ca_cert, revoked, crl_number=number))
     click.echo(f"wrote {crl_path}: {len(revoked)} revoked, CRL number {number}")
+
+
+@provision_group.command("image")
+@click.option("--image", required=True, metavar="FILE.img",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="A Raspberry Pi OS image (decompressed), or a bare FAT file system image.")
+@click.option("--bundle", required=True, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The gateway's folder, as 'kemon provision gateway --out DIR' wrote it.")
+@click.option("--boot-path", type=click.Choice(["/boot/firmware", "/boot"]),
+              default="/boot/firmware", show_default=True,
+              help="Where the device mounts its boot partition (/boot before bookworm).")
+@_FORCE
+def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> None:
+    """Put a gateway's bundle (identity, gateway.toml, first-boot script) into kemon/ on the
+    FAT boot partition of an SD-card image, without mounting it (mtools), and hook the first
+    boot in cmdline.txt. On that boot the device installs it into /etc/kemon, removes it from
+    the boot partition, restores cmdline.txt and reboots (docs/sd-image.md).
+
+    \b
+    Example:
+      kemon provision gateway --ca-dir ca --unit 91320100MA1ABCDE0C --id GW0001 \\
+          --destination province=mqtts://broker.js.example:8883 --out gw0001
+      kemon provision image --image 2024-11-19-raspios-bookworm-arm64-lite.img --bundle gw0001
+    """
+    from ._bundle import BundleError, check_bundle, put_bundle
+    from ._image import FatImage, ImageError, find_volume
+
+    unit_file = Path(__file__).resolve().parent.parent / "systemd" / "kemon-gateway.service"
+    try:
+        checked = check_bundle(bundle, unit_file if unit_file.is_file() else None)
+    except BundleError as exc:
+        raise BadInput(f"--bundle: {one_line(exc)}") from None
+    if image.is_file() and not os.access(image, os.R_OK | os.W_OK):
+        raise BadInput(f"--image: {image} is not writable")
+    try:
+        volume = find_volume(image)
+    except ImageError as exc:
+        raise BadInput(f"--image: {image}: {one_line(exc)}") from None
+    click.echo(f"{image}: boot partition is {volume.describe()}")
+    try:
+        written = put_bundle(FatImage(image, volume.offset), checked, boot_path, force)
+    except BundleError as exc:
+        raise BadInput(f"--image: {image}: {one_line(exc)}") from None
+    except ImageError as exc:
+        raise Failure(f"{image}: {one_line(exc)}") from None
+    for path, length in written.files.items():
+        click.echo(f"wrote {path} ({length} bytes)")
+    if "kemon/systemd/kemon-gateway.service" not in written.files:
+        click.echo("note: no systemd/kemon-gateway.service beside this installation: the "
+                   "bundle carries no unit; install it on the device yourself", err=True)
+    click.echo(f"cmdline.txt: {'appended' if written.hook_added else 'already has'} "
+               f"{written.hook}")
+    click.echo(f"{'replaced the earlier bundle; ' if written.replaced else ''}on its first boot "
+               f"gateway {checked.unit}/{checked.gateway} installs itself into /etc/kemon, "
+               f"removes kemon/ from {boot_path} and reboots")
 
 
 # --- helpers ------------------------------------------------------------------------------------
