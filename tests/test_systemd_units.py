@@ -16,6 +16,8 @@ import pytest
 from .conftest import ROOT
 
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
+# the long-running services; the first-boot oneshot must run as root to install the bundle
+SERVICES = [u for u in UNITS if u.name in ("kemon-gateway.service", "kemon-collector.service")]
 KEMON = Path(sys.executable).parent / "kemon"
 
 
@@ -45,7 +47,7 @@ def test_there_are_units_for_gateway_and_collector() -> None:
     assert {u.name for u in UNITS} >= {"kemon-gateway.service", "kemon-collector.service"}
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", SERVICES, ids=lambda p: p.name)
 def test_unit_is_hardened_and_restarts(unit: Path) -> None:
     service = parse(unit)["Service"]
     assert service["Restart"] == "always"
@@ -63,3 +65,11 @@ def test_gateway_unit_is_notify_with_a_watchdog_and_serial_access() -> None:
     assert int(service["WatchdogSec"]) >= 10
     assert "dialout" in service["SupplementaryGroups"].split()
     assert "PrivateDevices" not in service        # it must see /dev/ttyUSB*, /dev/rs485-*
+
+
+def test_first_boot_unit_runs_once_before_the_gateway() -> None:
+    unit = parse(ROOT / "systemd" / "kemon-firstboot.service")
+    assert unit["Service"]["Type"] == "oneshot"
+    # it runs only while the bundle is on the boot partition: firstboot.sh removes it
+    assert unit["Unit"]["ConditionPathExists"] == "/boot/firmware/kemon/firstboot.sh"
+    assert "kemon-gateway.service" in unit["Unit"]["Before"].split()
