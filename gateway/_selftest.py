@@ -522,7 +522,10 @@ class _Selftest:
                 # a little under the check's deadline, so that the link says what hung
                 info = await link.connect(self.timeout * 0.8)
             except LinkError as exc:
-                return Status.FAIL, exc.reason, measured
+                reason = exc.reason
+                if "certificate verify failed" in reason and dest.ca_file is not None:
+                    reason += f" — did the CA in {dest.ca_file.name} sign the broker's certificate?"
+                return Status.FAIL, reason, measured
             measured["connack_ms"] = round((time.monotonic() - started) * 1000, 1)
             measured["receive_maximum"] = info.receive_maximum
             await link.disconnect(2.0)

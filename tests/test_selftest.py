@@ -507,6 +507,7 @@ def test_a_broker_whose_ca_does_not_match(site: Site) -> None:
     bad = failed(report)
     assert set(bad) == {"destination.province"}
     assert "TLS handshake failed: certificate verify failed" in bad["destination.province"]
+    assert "did the CA in ca.pem sign the broker's certificate?" in bad["destination.province"]
 
 
 def test_an_expired_client_certificate(site: Site) -> None:
