@@ -342,6 +342,16 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _certificate_problem(cert_file: Path) -> str | None:
+    """Why the certificate in ``cert_file`` is not valid now ("expired on …"), or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError):
+        return None
+    status, detail, _ = judge_certificate(cert, time.time())
+    return detail if status is Status.FAIL else None
+
+
 def _serial_facts(bus: BusConfig) -> tuple[bool, dict[str, Any]]:
     """Whether the bus's serial device exists, and what to record about it."""
     port = bus.port or ""
@@ -525,6 +535,12 @@ class _Selftest:
                 reason = exc.reason
                 if "certificate verify failed" in reason and dest.ca_file is not None:
                     reason += f" — did the CA in {dest.ca_file.name} sign the broker's certificate?"
+                elif not exc.connected and dest.cert_file is not None:
+                    # The broker's alert about our certificate may be lost (TLS 1.3 sends it
+                    # after the handshake): say what is wrong with it if we can see it.
+                    problem = _certificate_problem(dest.cert_file)
+                    if problem and problem not in reason:
+                        reason += f" — our certificate {problem}"
                 return Status.FAIL, reason, measured
             measured["connack_ms"] = round((time.monotonic() - started) * 1000, 1)
             measured["receive_maximum"] = info.receive_maximum
