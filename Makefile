@@ -6,8 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kemon-installed
-SYSTEM_PACKAGES := socat mosquitto mosquitto-clients postgresql systemd dosfstools mtools nftables udev
-SYSTEM_COMMANDS := socat mosquitto mosquitto_sub timedatectl mkfs.vfat mcopy nft udevadm
+SYSTEM_PACKAGES := socat mosquitto mosquitto-clients postgresql systemd dosfstools mtools nftables udev iproute2
+SYSTEM_COMMANDS := socat mosquitto mosquitto_sub timedatectl mkfs.vfat mcopy nft udevadm ip
 
 .PHONY: test demo lint typecheck pytest bench system-deps venv clean
 

@@ -15,6 +15,7 @@ replaced unless ``--force`` is given. Everything is done with ``cryptography``
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import pwd
@@ -184,28 +185,39 @@ def gateway_command(ca_dir: Path, unit: str, gateway: str, destinations: Sequenc
               help="The broker's identity (server.pem, server.key), as made by 'server'.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True,
               help="TCP port of the TLS listener (IANA secure-mqtt: 8883).")
-@click.option("--kind", type=click.Choice(["mosquitto"]), default="mosquitto",
-              show_default=True, help="The broker software (EMQX comes later).")
+@click.option("--kind", type=click.Choice(["mosquitto", "emqx"]), default="mosquitto",
+              show_default=True, help="The broker software: Mosquitto 2.0, or EMQX 5 (5.1 on).")
+@click.option("--bind", default=None, metavar="ADDRESS",
+              help="Listen on this address only (default: every interface).")
 @click.option("--collector", "collectors", multiple=True, metavar="NAME",
               help="A collector (CN collector-NAME) that reads every gateway (repeat).")
 @click.option("--relay", "relays", multiple=True, metavar="NAME",
               help="A lower-level collector allowed to relay into this broker (repeat).")
-@click.option("--user", default="mosquitto", show_default=True,
-              help="The user Mosquitto runs as; it must be able to read the files in OUT.")
+@click.option("--user", default=None,
+              help="The user the broker runs as (default: mosquitto, or emqx); it must be "
+                   "able to read the files in OUT.")
 @_OUT
 @_FORCE
-def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str,
-                   collectors: Sequence[str], relays: Sequence[str], user: str, out: Path,
+def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str, bind: str | None,
+                   collectors: Sequence[str], relays: Sequence[str], user: str | None, out: Path,
                    force: bool) -> None:
-    """A broker configuration: mosquitto.conf (mutual TLS 1.2+, the certificate's CN as user
-    name, anonymous refused, persistence on), the topic ACL, and copies of ca.pem, ca.crl,
-    server.pem and server.key in OUT. `mosquitto -c OUT/mosquitto.conf` starts it as written.
+    """A broker configuration with mutual TLS 1.2+, the client certificate's CN as user name,
+    anonymous clients refused, persistence on, the topic ACL, and copies of ca.pem, ca.crl,
+    server.pem and server.key in OUT.
+
+    Mosquitto: OUT/mosquitto.conf and OUT/acl; `mosquitto -c OUT/mosquitto.conf` starts it as
+    written. EMQX: OUT/emqx-kemon.hocon (the TLS listener with verify_peer and
+    fail_if_no_peer_cert, peer_cert_as_username, the other listeners off) and OUT/acl.conf
+    (ending in deny); include the first at the end of emqx.conf and restart EMQX.
 
     \b
-    Example:
+    Examples:
       kemon provision broker --ca-dir ca --server-dir broker-id --collector js1 \\
           --relay js --out /etc/mosquitto/kemon
+      kemon provision broker --kind emqx --ca-dir ca --server-dir broker-id \\
+          --collector js1 --out /etc/emqx/kemon
     """
+    from ._emqx import emqx_acl, emqx_listener_conf
     from ._mosquitto import mosquitto_acl, mosquitto_conf
 
     for name in (*collectors, *relays):
@@ -213,16 +225,22 @@ def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str,
             collector_common_name(name)
         except (PkiError, ValueError) as exc:
             raise BadInput(f"--collector/--relay: {one_line(exc)}") from None
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise BadInput(f"--bind: {bind!r} is not an IP address") from None
     _load_ca(ca_dir)
     for path in (server_dir / "server.pem", server_dir / "server.key"):
         if not path.is_file():
             raise BadInput(f"--server-dir: {path} not found (make it with 'kemon provision "
                            "server')")
-    conf = out / "mosquitto.conf"
+    user = user or kind
+    conf, acl = ((out / "mosquitto.conf", out / "acl") if kind == "mosquitto" else
+                 (out / "emqx-kemon.hocon", out / "acl.conf"))
     if conf.exists() and not force:
         raise BadInput(f"{conf} exists; refusing to overwrite it (use --force)")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(exist_ok=True)
     copies = [(ca_dir / "ca.pem", out / "ca.pem", 0o644), (ca_dir / "ca.crl", out / "ca.crl",
                                                            0o644),
               (server_dir / "server.pem", out / "server.pem", 0o644),
@@ -230,12 +248,23 @@ def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str,
     for src, dst, mode in copies:
         dst.write_bytes(src.read_bytes())
         dst.chmod(mode)
-    (out / "acl").write_text(mosquitto_acl(collectors, relays), encoding="utf-8")
-    conf.write_text(mosquitto_conf(out, port=port, user=user), encoding="utf-8")
-    _give_to(user, [out / "data", out / "server.key"])
-    click.echo(f"wrote {conf} ({kind}, port {port}), {out / 'acl'} "
+    if kind == "mosquitto":
+        (out / "data").mkdir(exist_ok=True)
+        acl.write_text(mosquitto_acl(collectors, relays), encoding="utf-8")
+        conf.write_text(mosquitto_conf(out, port=port, user=user, bind=bind), encoding="utf-8")
+        _give_to(user, [out / "data", out / "server.key"])
+    else:
+        acl.write_text(emqx_acl(collectors, relays), encoding="utf-8")
+        conf.write_text(emqx_listener_conf(out, port, bind), encoding="utf-8")
+        _give_to(user, [out / "server.key"])
+    click.echo(f"wrote {conf} ({kind}, port {port}), {acl} "
                f"({len(collectors)} collectors, {len(relays)} relays) and the TLS files")
-    click.echo(f"start it with: mosquitto -c {conf.resolve()}")
+    if kind == "mosquitto":
+        click.echo(f"start it with: mosquitto -c {conf.resolve()}")
+    else:
+        click.echo(f"load it: add  include \"{conf.resolve()}\"  at the end of "
+                   "/etc/emqx/emqx.conf and restart EMQX (docs/provisioning.md); EMQX does not "
+                   "read ca.crl: ban a revoked gateway's CN instead")
 
 
 def _give_to(user: str, paths: Sequence[Path]) -> None:

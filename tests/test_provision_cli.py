@@ -201,3 +201,42 @@ def files_of(folder: Path, stem: str, cn: str) -> ClientFiles:
     cert = folder / f"{stem}.pem"
     return ClientFiles(cn, cert, folder / f"{stem}.key", folder / "ca.pem",
                        load_cert(cert).serial_number)
+
+
+def test_provision_broker_for_emqx_writes_the_listener_and_the_acl(tmp_path: Path) -> None:
+    from pyhocon import ConfigFactory
+
+    from .test_provision_emqx import check_rules, read_terms
+
+    ca, srv, out = tmp_path / "ca", tmp_path / "srv", tmp_path / "emqx"
+    ok("ca", "init", "--dir", str(ca), "--name", "Kemon Test CA")
+    ok("server", "--ca-dir", str(ca), "--host", "127.0.0.1", "--out", str(srv))
+    args = ("broker", "--kind", "emqx", "--ca-dir", str(ca), "--server-dir", str(srv),
+            "--collector", "js1", "--relay", "js", "--port", "9883", "--bind", "10.0.0.5",
+            "--user", "root", "--out", str(out))
+    text = ok(*args)
+    conf_path = (out / "emqx-kemon.hocon").resolve()
+    assert f'include "{conf_path}"' in text
+    assert not (out / "mosquitto.conf").exists() and not (out / "data").exists()
+    conf = ConfigFactory.parse_string(conf_path.read_text(encoding="utf-8"))
+    assert conf["listeners.ssl.default.bind"] == "10.0.0.5:9883"
+    ssl = conf["listeners.ssl.default.ssl_options"]
+    for key, name in (("cacertfile", "ca.pem"), ("certfile", "server.pem"),
+                      ("keyfile", "server.key")):
+        assert Path(ssl[key]).read_bytes() == (ca if name == "ca.pem" else srv).joinpath(
+            name).read_bytes(), key
+    assert (ssl["verify"], ssl["fail_if_no_peer_cert"]) == ("verify_peer", True)
+    assert conf["mqtt.peer_cert_as_username"] == "cn"
+    [source] = conf["authorization.sources"]
+    terms = read_terms(Path(source["path"]).read_text(encoding="utf-8"))
+    check_rules(terms)
+    assert str(terms[-1]) == str(read_terms("{deny, all}.")[0])        # ends in deny
+    users = {t[1][1] for t in terms if isinstance(t[1], tuple)}
+    assert users == {"collector-js1", "collector-js"}
+    assert oct(mode(out / "server.key")) == oct(0o600)
+    assert "emqx-kemon.hocon exists" in refused(*args)                  # no silent overwrite
+    ok(*args, "--force")
+    assert "--bind: 'broker.example' is not an IP address" in refused(
+        "broker", "--kind", "emqx", "--ca-dir", str(ca), "--server-dir", str(srv),
+        "--bind", "broker.example", "--out", str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
