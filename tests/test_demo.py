@@ -25,6 +25,11 @@ def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
     for step in ("provision ca init", "provision server", "provision broker",
                  "provision collector", "provision gateway"):
         assert f"$ kemon {step} " in out, step
+    # the commissioning self-test ran and named the silent meter as its one failure
+    assert "$ kemon gateway selftest -c " in out
+    assert re.search(r"^    FAIL \S+\s+仪表 spare Meter spare .*no answer", out, re.M), out
+    assert "demo: self-test exit 1 (0 only when every check passes)" in out
+    assert len(list((tmp_path / "demo" / "selftest").glob("selftest-DEMO01-*.html"))) == 1
     stored = re.search(r"^demo: the province collector stored (\d+) readings in (\d+) batches",
                        out, re.M)
     assert stored and int(stored[1]) > 0 and int(stored[2]) > 0, out

@@ -26,7 +26,14 @@ import click
 from protocol import Period, to_rfc3339
 from protocol._cli import BadInput
 
-from ._demo_platform import Platform, collector_totals, provision, start_broker, start_collector
+from ._demo_platform import (
+    Platform,
+    collector_totals,
+    provision,
+    run_kemon,
+    start_broker,
+    start_collector,
+)
 
 __all__ = ["demo_command", "write_demo_config"]
 
@@ -161,6 +168,12 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
                              "--fault", "spare=silent"], sim_log))
         _wait_for(sim_log, "sim: ready", procs[-1], 20)
         click.echo(f"demo: simulated meters ready (log {sim_log})")
+        click.echo("demo: the commissioning self-test a technician runs on site "
+                   "(docs/selftest.md);\n      the meter 'spare' is silent on purpose, so it "
+                   "fails:")
+        code = run_kemon(click.echo, "gateway", "selftest", "-c", str(config), "--report-dir",
+                         str(directory / "selftest"), check=False)
+        click.echo(f"demo: self-test exit {code} (0 only when every check passes)")
         gateway = _start(["gateway", "run", "-c", str(config)], gw_log)
         click.echo(f"demo: gateway running (log {gw_log}); readings as they are stored, and "
                    "what the collector has:\n")

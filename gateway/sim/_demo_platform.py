@@ -23,8 +23,8 @@ from pathlib import Path
 
 import click
 
-__all__ = ["Platform", "collector_totals", "mosquitto_binary", "provision", "start_broker",
-           "start_collector"]
+__all__ = ["Platform", "collector_totals", "mosquitto_binary", "provision", "run_kemon",
+           "start_broker", "start_collector"]
 
 COLLECTOR = "demo"
 
@@ -66,15 +66,17 @@ def mosquitto_binary() -> str:
     return found
 
 
-def _kemon(echo: Callable[[str], None], *args: str) -> None:
+def run_kemon(echo: Callable[[str], None], *args: str, check: bool = True) -> int:
+    """Run ``kemon ARGS`` as a user would, echoing the command line and what it printed."""
     shown = " ".join(f"'{a}'" if " " in a else a for a in args)
     echo(f"  $ kemon {shown}")
-    res = subprocess.run([sys.executable, "-m", "kemon", *args], capture_output=True, text=True,
-                         check=False)
-    for line in (res.stdout + res.stderr).splitlines():
+    res = subprocess.run([sys.executable, "-m", "kemon", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, check=False)
+    for line in res.stdout.splitlines():
         echo(f"    {line}")
-    if res.returncode != 0:
+    if check and res.returncode != 0:
         raise click.ClickException(f"'kemon {args[0]} {args[1]}' failed (exit {res.returncode})")
+    return res.returncode
 
 
 def provision(root: Path, *, port: int, unit: str, gateway: str, gateway_dir: Path,
@@ -82,17 +84,17 @@ def provision(root: Path, *, port: int, unit: str, gateway: str, gateway_dir: Pa
     """Provision a province in ``root`` and a gateway identity in ``gateway_dir``."""
     p = Platform(root, port)
     root.mkdir(parents=True, exist_ok=True)
-    _kemon(echo, "provision", "ca", "init", "--dir", str(p.ca), "--name", "Kemon Demo CA")
-    _kemon(echo, "provision", "server", "--ca-dir", str(p.ca), "--host", "127.0.0.1",
+    run_kemon(echo, "provision", "ca", "init", "--dir", str(p.ca), "--name", "Kemon Demo CA")
+    run_kemon(echo, "provision", "server", "--ca-dir", str(p.ca), "--host", "127.0.0.1",
            "--host", "localhost", "--out", str(root / "broker-id"))
     # the broker runs as whoever runs the demo (Mosquitto would otherwise drop to 'mosquitto',
     # which cannot read a private checkout)
-    _kemon(echo, "provision", "broker", "--ca-dir", str(p.ca), "--server-dir",
+    run_kemon(echo, "provision", "broker", "--ca-dir", str(p.ca), "--server-dir",
            str(root / "broker-id"), "--port", str(port), "--collector", COLLECTOR,
            "--user", getpass.getuser(), "--out", str(p.broker))
-    _kemon(echo, "provision", "collector", "--ca-dir", str(p.ca), "--name", COLLECTOR,
+    run_kemon(echo, "provision", "collector", "--ca-dir", str(p.ca), "--name", COLLECTOR,
            "--out", str(p.collector_config.parent))
-    _kemon(echo, "provision", "gateway", "--ca-dir", str(p.ca), "--unit", unit, "--id", gateway,
+    run_kemon(echo, "provision", "gateway", "--ca-dir", str(p.ca), "--unit", unit, "--id", gateway,
            "--destination", f"province={p.url}", "--out", str(gateway_dir))
     p.collector_config.write_text(
         "# Written by 'kemon demo': a province collector on the demo broker (docs/collector.md)\n"

@@ -1,7 +1,9 @@
 """What simulated meters report: values that are a known function of time.
 
 Tests and demos compute the expected value of any point at any instant with ``point_value``.
-Counters (``counter = true``) rise linearly from an offset; other points follow a slow sine.
+Counters (``counter = true``) rise linearly from an offset; other points follow a slow sine
+around a physically plausible mean for their unit (voltages near 220 V, 50 Hz, power factors
+near 0.9, temperatures of a water circuit), so ``kemon gateway selftest`` finds them plausible.
 Each point's constants derive from its code, so two points differ but never change between runs.
 """
 
@@ -42,6 +44,16 @@ def point_constants(point: PointConfig) -> tuple[float, float]:
         offset = 1000.0 + (h % 9000)          # 1000..9999 units at T0
         rate = 0.1 + ((h >> 8) % 200) / 10.0  # 0.1..20 units per hour
         return offset, rate
+    label = f"{point.key} {point.name}".lower()
+    if point.unit == "V":                  # a 220/380 V system (GB/T 156-2017), phase voltages
+        mean = 220.0 + (h % 20)
+        return mean, mean * 0.02
+    if point.unit == "Hz":                 # 50 Hz within its normal ±0.2 Hz (GB/T 15945-2008)
+        return 50.0, 0.05
+    if point.unit in ("", "1") and (point.key == "pf" or "power factor" in label):
+        return 0.90 + (h % 8) / 100.0, 0.02
+    if point.unit == "°C":                 # a water or heating circuit
+        return 20.0 + (h % 60), 2.0
     mean = 10.0 + (h % 500)
     return mean, mean * 0.1
 
