@@ -319,6 +319,12 @@ class PahoLoopLink(abc.ABC, Generic[ConnackT]):
             # finished, so its refusal (an alert) arrives while we wait for CONNACK.
             alert = detail.rsplit("]", 1)[-1].split("(_ssl")[0].strip() or detail
             return f"TLS handshake failed: the broker refused our certificate ({alert})"
+        if "_ssl.c" in detail:
+            # the broker closed the TLS session without an alert we could read: after a
+            # refused certificate, the alert and the close race (seen with Mosquitto 2.0)
+            cause = detail.split("(_ssl")[0].strip()
+            return (f"TLS session closed by the broker before CONNACK ({cause}): it may have "
+                    "refused our certificate (expired, revoked or from another CA)")
         return f"connection closed before CONNACK: {detail or 'no reason given'}"
 
     def _cb_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
