@@ -390,8 +390,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     broker = Broker(pki, root / "broker")
     broker.start()
     s = Site(root, pki, broker, pki.gateway(UNIT, "GWS"), free_port())
-    # The simulator serves every meter any test uses: the good ones, a silent one and one whose
-    # frequency is out of any plausible range.
+    # The simulator serves every meter any test uses: the good ones, a silent one and one with
+    # a frequency (50 Hz) that a test reads with a wrong scale.
     freq = '[[meter.point]]\ncode = "freq.f"\nregister = 0\nfunction = "input"\n' \
            'type = "float32"\nunit = "Hz"\n'
     sim_cfg = s.config("sim", meters=s.meter("dead", "rs485-1", 9, INLINE_TCP.format(m="dead"))
@@ -471,12 +471,12 @@ def test_a_missing_serial_port(site: Site) -> None:
 
 def test_a_silent_meter_and_an_implausible_one(site: Site) -> None:
     a, b = point_constants(PointConfig(code="freq.f", unit="Hz"))
-    assert a - b > 65                           # the simulated frequency is never plausible
+    assert 45 < a - b and a + b < 65              # the simulator serves a plausible 50 Hz …
     cfg = site.config("silent", meters=site.meter("dead", "rs485-1", 9,
                                                   INLINE_TCP.format(m="dead"))
                       + site.meter("freq", "lan", 2, '[[meter.point]]\ncode = "freq.f"\n'
                                'register = 0\nfunction = "input"\ntype = "float32"\n'
-                               'unit = "Hz"\n'))
+                               'unit = "Hz"\nscale = 10.0\n'))   # … read with a wrong scale
     started = time.monotonic()
     res = run_kemon("gateway", "selftest", "-c", str(cfg), "--timeout", "3")
     assert time.monotonic() - started < 15
