@@ -21,6 +21,7 @@ import os
 import pwd
 import shutil
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -343,7 +344,9 @@ def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> Non
     from ._bundle import BundleError, check_bundle, put_bundle
     from ._image import FatImage, ImageError, find_volume
 
-    unit_file = Path(__file__).resolve().parent.parent / "systemd" / "kemon-gateway.service"
+    # provisioning/data/kemon-gateway.service links to systemd/ in a checkout; a wheel holds
+    # a copy of it
+    unit_file = Path(str(resources.files("provisioning") / "data" / "kemon-gateway.service"))
     try:
         checked = check_bundle(bundle, unit_file if unit_file.is_file() else None)
     except BundleError as exc:
@@ -364,8 +367,8 @@ def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> Non
     for path, length in written.files.items():
         click.echo(f"wrote {path} ({length} bytes)")
     if "kemon/systemd/kemon-gateway.service" not in written.files:
-        click.echo("note: no systemd/kemon-gateway.service beside this installation: the "
-                   "bundle carries no unit; install it on the device yourself", err=True)
+        click.echo("note: this installation has no kemon-gateway.service: the bundle carries "
+                   "no unit; install it on the device yourself", err=True)
     click.echo(f"cmdline.txt: {'appended' if written.hook_added else 'already has'} "
                f"{written.hook}")
     click.echo(f"{'replaced the earlier bundle; ' if written.replaced else ''}on its first boot "
