@@ -14,14 +14,17 @@ import ctypes.util
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 
-__all__ = ["clock_synchronised"]
+__all__ = ["EARLIEST_TRUSTED", "ClockState", "clock_state", "clock_synchronised"]
 
 log = logging.getLogger(__name__)
 
 _TIME_ERROR = 5           # adjtimex return value: clock not synchronised (linux/timex.h)
 _STA_UNSYNC = 0x0040      # status bit: clock unsynchronised (linux/timex.h)
+_STA_NANO = 0x2000        # status bit: ``offset`` in ns, not µs (linux/timex.h)
 _EARLIEST_TRUSTED = 1_577_836_800.0   # 2020-01-01T00:00:00Z: no real clock is earlier
+EARLIEST_TRUSTED = _EARLIEST_TRUSTED
 
 
 class _Timex(ctypes.Structure):
@@ -39,10 +42,29 @@ class _Timex(ctypes.Structure):
     ]
 
 
-def _adjtimex_synchronised() -> bool | None:
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """What the kernel says of the system clock. ``synchronised`` None: nobody could tell.
+    Errors and offset in seconds, where the source gives them."""
+
+    now: float
+    synchronised: bool | None
+    source: str                        # "adjtimex", "timedatectl" or "none"
+    max_error_s: float | None = None
+    est_error_s: float | None = None
+    offset_s: float | None = None
+
+    @property
+    def trusted(self) -> bool:
+        """Synchronised, and not before the earliest time a real clock can show."""
+        return bool(self.synchronised) and self.now >= _EARLIEST_TRUSTED
+
+
+def _adjtimex() -> ClockState | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
+    now = time.time()
     try:
         libc = ctypes.CDLL(name, use_errno=True)
         tx = _Timex()          # modes = 0: read only
@@ -51,7 +73,25 @@ def _adjtimex_synchronised() -> bool | None:
         return None
     if state < 0:
         return None
-    return state != _TIME_ERROR and not tx.status & _STA_UNSYNC
+    unit = 1e-9 if tx.status & _STA_NANO else 1e-6
+    return ClockState(now, state != _TIME_ERROR and not tx.status & _STA_UNSYNC, "adjtimex",
+                      max_error_s=tx.maxerror * 1e-6, est_error_s=tx.esterror * 1e-6,
+                      offset_s=tx.offset * unit)
+
+
+def _adjtimex_synchronised() -> bool | None:
+    state = _adjtimex()
+    return None if state is None else state.synchronised
+
+
+def clock_state() -> ClockState:
+    """The kernel's view of the clock: ``adjtimex(2)`` read-only (status, estimated and maximum
+    error, PLL offset), else ``timedatectl show -p NTPSynchronized``."""
+    state = _adjtimex()
+    if state is not None:
+        return state
+    synced = _timedatectl_synchronised()
+    return ClockState(time.time(), synced, "timedatectl" if synced is not None else "none")
 
 
 def _timedatectl_synchronised() -> bool | None:

@@ -44,7 +44,6 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,7 +53,7 @@ from cryptography import x509
 
 from protocol._mqtt_publish import LinkError, MqttLink, tls_for
 
-from . import _clock
+from ._clock import EARLIEST_TRUSTED, ClockState, clock_state
 from ._delivery import IdentityError, load_identity
 from ._model import BusConfig, DestinationConfig, GatewayConfig, MeterConfig, PointConfig
 from ._poller import BusPoller
@@ -73,7 +72,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0     # seconds per check
 CERT_WARN_DAYS = 30        # a certificate with fewer days left is a warning
-_STA_NANO = 0x2000         # adjtimex status: ``offset`` in ns, not µs (linux/timex.h)
 _MQTT_PROBE_SUFFIX = ":selftest"
 
 _Outcome = tuple[Status, str, dict[str, Any]]
@@ -81,46 +79,8 @@ _Outcome = tuple[Status, str, dict[str, Any]]
 
 # --- clock --------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class ClockState:
-    """What is known about the system clock. ``synchronised`` None: nobody could tell.
-    Errors and offset in seconds, where the source gives them."""
-
-    now: float
-    synchronised: bool | None
-    source: str                        # "adjtimex", "timedatectl" or "none"
-    max_error_s: float | None = None
-    est_error_s: float | None = None
-    offset_s: float | None = None
-
-
 ClockProbe = Callable[[], ClockState]
-
-
-def kernel_clock() -> ClockState:
-    """The kernel's view: ``adjtimex(2)`` read-only (status, estimated and maximum error, PLL
-    offset), else ``timedatectl show -p NTPSynchronized``. Uses ``gateway._clock``'s
-    ``struct timex`` and constants."""
-    import ctypes
-    import ctypes.util
-
-    now = time.time()
-    name = ctypes.util.find_library("c")
-    if name is not None:
-        try:
-            libc = ctypes.CDLL(name, use_errno=True)
-            tx = _clock._Timex()            # modes = 0: read only
-            state = libc.adjtimex(ctypes.byref(tx))
-        except (OSError, AttributeError):
-            state = -1
-        if state >= 0:
-            unit = 1e-9 if tx.status & _STA_NANO else 1e-6
-            return ClockState(now, state != _clock._TIME_ERROR and
-                              not tx.status & _clock._STA_UNSYNC, "adjtimex",
-                              max_error_s=tx.maxerror * 1e-6, est_error_s=tx.esterror * 1e-6,
-                              offset_s=tx.offset * unit)
-    synced = _clock._timedatectl_synchronised()
-    return ClockState(now, synced, "timedatectl" if synced is not None else "none")
+kernel_clock: ClockProbe = clock_state
 
 
 def judge_clock(state: ClockState, *, require_sync: bool) -> _Outcome:
@@ -133,7 +93,7 @@ def judge_clock(state: ClockState, *, require_sync: bool) -> _Outcome:
                        ("offset_ms", state.offset_s)):
         if value is not None:
             measured[key] = round(value * 1000, 3)
-    if state.now < _clock._EARLIEST_TRUSTED:
+    if state.now < EARLIEST_TRUSTED:
         return (Status.FAIL, f"the clock reads {stamp}, before 2020: it has not been set "
                 "(no RTC and no NTP yet?)", measured)
     if state.synchronised:

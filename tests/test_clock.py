@@ -31,3 +31,15 @@ def test_timedatectl_agrees_with_adjtimex_where_it_answers() -> None:
         assert answer is None
     else:
         assert answer is _adjtimex_synchronised()
+
+
+def test_clock_state_reports_what_the_guard_decides_on() -> None:
+    from gateway._clock import EARLIEST_TRUSTED, clock_state
+
+    state = clock_state()
+    assert state.source == "adjtimex"                 # Linux answers adjtimex(2)
+    assert state.synchronised is _adjtimex_synchronised()
+    assert state.max_error_s is not None and state.max_error_s >= 0
+    assert state.est_error_s is not None and state.est_error_s >= 0
+    assert state.trusted is (bool(state.synchronised) and state.now >= EARLIEST_TRUSTED)
+    assert state.trusted is clock_synchronised(now=state.now)
