@@ -54,6 +54,7 @@ class PointConfig:
     field: str | None = None           # which value of a multi-value reply (CJ/T 188)
     max_rate: float | None = None      # plausibility: largest credible consumption per hour
     counter_max: float | None = None   # value at which the counter wraps (after scale)
+    plausible: tuple[float, float] | None = None   # [low, high] a value can be (after scale)
 
     @property
     def register_count(self) -> int:

@@ -7,6 +7,7 @@ final point whichever file each field came from.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -43,8 +44,22 @@ def read_point_fields(t: Table) -> dict[str, Any]:
             out[name] = t.choice(name, ("big", "little"))
     if (counter := t.get("counter", bool)) is not None:
         out["counter"] = counter
+    if (bounds := t.get("plausible", list)) is not None:
+        out["plausible"] = _bounds(t, bounds)
     t.done()
     return out
+
+
+def _bounds(t: Table, value: list[Any]) -> tuple[float, float]:
+    """``plausible = [low, high]``: two finite numbers, low below high."""
+    numbers = [float(v) for v in value
+               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    if len(value) != 2 or len(numbers) != 2:
+        raise t.error("plausible", f"must be [low, high], two numbers, not {value!r}")
+    low, high = numbers
+    if low >= high:
+        raise t.error("plausible", f"[{low:g}, {high:g}]: low must be below high")
+    return low, high
 
 
 def check_point(t: Table, fields: dict[str, Any], protocol: str,

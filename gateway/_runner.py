@@ -49,7 +49,8 @@ _MAX_PENDING = 500_000    # readings held in memory while the store cannot take 
 
 def polls_to_readings(polls: Sequence[MeterPoll], tracker: ConsumptionTracker,
                       synchronised: bool) -> list[Reading]:
-    """Instant readings of successful polls, and the consumption they complete."""
+    """Instant readings of successful polls, and the consumption they complete. A value
+    outside its point's ``plausible`` bounds is stored as read with quality ``out_of_range``."""
     out: list[Reading] = []
     for poll in polls:
         if not poll.values:
@@ -65,6 +66,12 @@ def polls_to_readings(polls: Sequence[MeterPoll], tracker: ConsumptionTracker,
         for point in poll.meter.points:
             value = poll.values.get(point.code)
             if value is None:
+                continue
+            if point.plausible and not point.plausible[0] <= value <= point.plausible[1]:
+                # kept as read, flagged; a counter's consumption skips it (the tracker
+                # bridges the gap as for a missed poll)
+                out.append(Reading(point.code, Period.INSTANT, ts, value,
+                                   quality if not synchronised else Quality.OUT_OF_RANGE))
                 continue
             out.append(Reading(point.code, Period.INSTANT, ts, value, quality))
             if point.counter and synchronised:

@@ -81,6 +81,8 @@ _POWER_FACTOR = (-1.0, 1.0)
 
 
 def _range_for(point: PointConfig) -> tuple[float, float] | None:
+    if point.plausible is not None:           # the configuration's own bounds come first
+        return point.plausible
     if point.unit in _RANGES:
         return _RANGES[point.unit]
     label = f"{point.key} {point.name}".lower()

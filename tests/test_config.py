@@ -95,6 +95,14 @@ def test_good_config_loads_into_frozen_objects(write_config) -> None:
          "appears twice"),
         ("scale = 0.1", "scale = 0", "meter[0].point[1].scale", "must not be 0"),
         ("max_rate = 5000", "max_rate = -1", "meter[0].point[0].max_rate", "greater than 0"),
+        ("max_rate = 5000", "max_rate = 5000\nplausible = [10]", "meter[0].point[0].plausible",
+         "must be [low, high], two numbers"),
+        ("max_rate = 5000", 'max_rate = 5000\nplausible = [0, "x"]',
+         "meter[0].point[0].plausible", "must be [low, high]"),
+        ("max_rate = 5000", "max_rate = 5000\nplausible = [260, 180]",
+         "meter[0].point[0].plausible", "low must be below high"),
+        ("max_rate = 5000", "max_rate = 5000\nplausible = 5", "meter[0].point[0].plausible",
+         "must be an array"),
         ('function = "input"', 'function = "coil"', "meter[0].point[0].function", "not one of"),
         ("scale = 0.1", 'scale = "0.1"', "meter[0].point[1].scale", "must be a number"),
         ("port = 1502", "port = 70000", "bus[1].port", "not a TCP port"),
@@ -296,3 +304,10 @@ def test_counter_wraps_default_from_the_register_type(write_config) -> None:
     assert counter.counter_max == pytest.approx(2**32 * 0.1)
     explicit = text.replace("max_rate = 5000", "max_rate = 5000\ncounter_max = 99999.0")
     assert load_config(write_config(explicit)).meters[0].points[0].counter_max == 99999.0
+
+
+def test_plausible_bounds_are_read_in_scaled_units(write_config) -> None:
+    text = BASE.replace("max_rate = 5000", "max_rate = 5000\nplausible = [0, 1e7]")
+    energy = load_config(write_config(text)).meters[0].points[0]
+    assert energy.plausible == (0.0, 1e7)
+    assert load_config(write_config(BASE)).meters[0].points[0].plausible is None
