@@ -1,0 +1,1 @@
+../../hardware/rs485/config.txt.d
