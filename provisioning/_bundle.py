@@ -4,10 +4,11 @@
 the configuration loads, the key matches the certificate, the certificate chains to ``ca.pem``
 and names the configured gateway. ``bundle_files`` lays out the ``kemon/`` folder of the boot
 partition: the identity, ``gateway.toml`` with its file paths rewritten to where the device
-keeps them (``/etc/kemon/tls/…``), ``firstboot.sh``, the gateway's systemd unit, the original
-``cmdline.txt``, the hook text and ``SHA256SUMS``. ``put_bundle`` writes it into a FAT volume
-and appends the first-boot hook to ``cmdline.txt`` once, the way Raspberry Pi Imager hooks
-its own first-run script.
+keeps them (``/etc/kemon/tls/…``), ``firstboot.sh``, the gateway's systemd unit, the udev
+rules, the site's firewall when given, the original ``cmdline.txt``, the hook text and
+``SHA256SUMS``. ``put_bundle`` writes it into a FAT volume, puts the HATs' block into
+``config.txt`` when asked, and appends the first-boot hook to ``cmdline.txt`` once, the way
+Raspberry Pi Imager hooks its own first-run script.
 
 Errors: ``BundleError`` (the bundle folder is incomplete or inconsistent), one line.
 """
@@ -20,10 +21,12 @@ import json
 import logging
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ._hardware import HardwareError, with_kemon_block
 from ._image import FatImage
 from ._pki import PkiError, gateway_identity, load_cert, load_key, verify_issued
 
@@ -39,6 +42,8 @@ REQUIRED = ("gateway.toml", *IDENTITY)
 TLS_DIR = "/etc/kemon/tls"                  # where firstboot.sh installs the identity
 DATA_DIR = "/var/lib/kemon"                 # the only path kemon-gateway.service may write
 UNIT_NAME = "kemon-gateway.service"
+UDEV_FILE = "udev/99-kemon-rs485.rules"     # firstboot.sh installs udev/*.rules
+FIREWALL_FILE = "nftables/kemon-gateway.nft"    # and this one, when the bundle has it
 # systemd-run-generator(8): systemd.run= boots into kernel-command-line.service running the
 # command; systemd.run_success_action=reboot reboots after it succeeds; systemd.unit= selects
 # kernel-command-line.target as the boot target (what Raspberry Pi Imager appends for its
@@ -75,11 +80,15 @@ class Written:
     hook_added: bool                # False when cmdline.txt already carried it
     replaced: bool                  # an earlier bundle was replaced (--force)
     cmdline: str                    # the new cmdline.txt line
+    config_txt: str                 # config.txt's Kemon block: appended, replaced, removed or
+                                    # untouched
 
 
-def check_bundle(directory: Path, gateway_unit: Path | None) -> Bundle:
+def check_bundle(directory: Path, gateway_unit: Path | None,
+                 extra: Mapping[str, bytes] | None = None) -> Bundle:
     """Read and check the bundle in ``directory``; ``gateway_unit`` is the systemd unit file
-    to carry (None: none)."""
+    to carry (None: none), ``extra`` more files to carry as they are (``UDEV_FILE``,
+    ``FIREWALL_FILE``)."""
     if not directory.is_dir():
         raise BundleError(f"{directory} is not a folder (make it with 'kemon provision "
                           "gateway --out DIR')")
@@ -121,6 +130,7 @@ def check_bundle(directory: Path, gateway_unit: Path | None) -> Bundle:
     }
     if gateway_unit is not None:
         files[f"systemd/{UNIT_NAME}"] = gateway_unit.read_bytes()
+    files.update(extra or {})
     return Bundle(source=directory, unit=cfg.gateway.unit, gateway=cfg.gateway.id, files=files)
 
 
@@ -199,16 +209,21 @@ def bundle_files(bundle: Bundle, original_cmdline: bytes, hook: str) -> dict[str
     return {**files, "SHA256SUMS": sums.encode("ascii")}
 
 
-def put_bundle(fat: FatImage, bundle: Bundle, boot_path: str, force: bool) -> Written:
-    """Write ``bundle`` into ``kemon/`` of ``fat`` and hook the first boot in ``cmdline.txt``.
+def put_bundle(fat: FatImage, bundle: Bundle, boot_path: str, force: bool,
+               config_block: str | None = None) -> Written:
+    """Write ``bundle`` into ``kemon/`` of ``fat`` and hook the first boot in ``cmdline.txt``;
+    with ``config_block`` (``_hardware.kemon_block``) put it into ``config.txt`` in place of
+    an earlier one ("": only remove that).
 
-    Refuses (``BundleError``) an image that already carries a bundle unless ``force``, and
-    one without ``cmdline.txt``. Order: the new folder is written under ``kemon.new``, then
-    renamed into place, then ``cmdline.txt`` gets the hook; an interruption leaves either the
-    old state or a complete bundle.
+    Refuses (``BundleError``) an image that already carries a bundle unless ``force``, one
+    without ``cmdline.txt``, and, given a block, one without ``config.txt``, before writing
+    anything. Order: the new folder is written under ``kemon.new``, then renamed into place,
+    then ``config.txt`` gets the block, then ``cmdline.txt`` the hook; an interruption leaves
+    either the old state or a complete bundle, which a run with ``--force`` completes.
     """
     if not fat.exists("cmdline.txt"):
         raise BundleError("its boot partition has no cmdline.txt: not a Raspberry Pi OS image")
+    config_old, config_new, config_txt = _config_change(fat, config_block)
     replaced = fat.exists(BUNDLE_DIR)
     if replaced and not force:
         raise BundleError(f"it already carries a Kemon bundle ({BUNDLE_DIR}/); use --force to "
@@ -225,10 +240,31 @@ def put_bundle(fat: FatImage, bundle: Bundle, boot_path: str, force: bool) -> Wr
     if replaced:
         fat.remove_tree(BUNDLE_DIR)
     fat.rename(STAGING_DIR, BUNDLE_DIR)
+    if config_new != config_old:
+        fat.write("config.txt", config_new)
     line, added = with_hook(current.decode("utf-8", "replace"), hook)
     if added:
         fat.write("cmdline.txt", line.encode("utf-8"))
     log.info("wrote the bundle of %s/%s into %s", bundle.unit, bundle.gateway, fat.image)
     sizes = {f"{BUNDLE_DIR}/{name}": len(data) for name, data in sorted(files.items())}
     return Written(files=sizes, hook=hook, hook_added=added, replaced=replaced,
-                   cmdline=line.rstrip("\n"))
+                   cmdline=line.rstrip("\n"), config_txt=config_txt)
+
+
+def _config_change(fat: FatImage, block: str | None) -> tuple[bytes, bytes, str]:
+    """``config.txt`` as it is and as it will be with ``block`` (see ``put_bundle``), and
+    what happens to its Kemon block: appended, replaced, removed or untouched."""
+    if block is None:
+        return b"", b"", "untouched"
+    if not fat.exists("config.txt"):
+        raise BundleError("its boot partition has no config.txt: not a Raspberry Pi OS image")
+    old = fat.read("config.txt")
+    text = old.decode("utf-8", "surrogateescape")      # kept byte for byte, whatever it holds
+    try:
+        had_block = with_kemon_block(text, "") != text
+        new = with_kemon_block(text, block).encode("utf-8", "surrogateescape")
+    except HardwareError as exc:
+        raise BundleError(str(exc)) from None
+    if block:
+        return old, new, "replaced" if had_block else "appended"
+    return old, new, "removed" if had_block else "untouched"

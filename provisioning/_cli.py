@@ -6,7 +6,8 @@
     kemon provision collector --ca-dir DIR --name NAME --out OUT
     kemon provision broker --ca-dir DIR --server-dir SRV --out OUT [--collector N]…
     kemon provision revoke --ca-dir DIR CERT…           re-issues ca.crl
-    kemon provision image --image FILE.img --bundle DIR   the gateway's first boot on an SD card
+    kemon provision image --image FILE.img --bundle DIR [--hat NAME]… [--firewall FILE.nft]
+                                                        the gateway's first boot on an SD card
 
 Keys are ECDSA P-256, written 0600 and never printed; an existing key or certificate is never
 replaced unless ``--force`` is given. Everything is done with ``cryptography``
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from protocol import validate_credit_code, validate_gateway_id
 from protocol._cli import BadInput, Failure, one_line
 
+from ._hardware import Hat, hat_names
 from ._pki import (
     PkiError,
     collector_common_name,
@@ -328,27 +330,54 @@ def revoke_command(ca_dir: Path, certs: Sequence[Path]) -> None:
 @click.option("--boot-path", type=click.Choice(["/boot/firmware", "/boot"]),
               default="/boot/firmware", show_default=True,
               help="Where the device mounts its boot partition (/boot before bookworm).")
+@click.option("--hat", "hats", multiple=True, metavar="NAME",
+              help="The RS-485 HAT's config.txt lines (hardware/rs485/config.txt.d/NAME.txt) "
+                   f"to add to config.txt: {', '.join(hat_names())} (repeat for more).")
+@click.option("--firewall", metavar="FILE.nft", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="An nftables ruleset adapted from hardware/nftables/kemon-gateway.nft, "
+                   "checked with nft -c here and loaded at every boot of the device.")
 @_FORCE
-def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> None:
-    """Put a gateway's bundle (identity, gateway.toml, first-boot script) into kemon/ on the
-    FAT boot partition of an SD-card image, without mounting it (mtools), and hook the first
-    boot in cmdline.txt. On that boot the device installs it into /etc/kemon, removes it from
-    the boot partition, restores cmdline.txt and reboots (docs/sd-image.md).
+def image_command(image: Path, bundle: Path, boot_path: str, hats: Sequence[str],
+                  firewall: Path | None, force: bool) -> None:
+    """Put a gateway's bundle (identity, gateway.toml, first-boot script, udev rules, and the
+    site's firewall if given) into kemon/ on the FAT boot partition of an SD-card image,
+    without mounting it (mtools), add the HAT's lines to config.txt, and hook the first boot
+    in cmdline.txt. On that boot the device installs it (/etc/kemon, /etc/udev/rules.d,
+    /etc/nftables.d), removes it from the boot partition, restores cmdline.txt and reboots
+    (docs/sd-image.md).
 
     \b
     Example:
       kemon provision gateway --ca-dir ca --unit 91320100MA1ABCDE0C --id GW0001 \\
           --destination province=mqtts://broker.js.example:8883 --out gw0001
-      kemon provision image --image 2024-11-19-raspios-bookworm-arm64-lite.img --bundle gw0001
+      kemon provision image --image 2024-11-19-raspios-bookworm-arm64-lite.img --bundle gw0001 \\
+          --hat sc16is752-spi1 --firewall site.nft
     """
-    from ._bundle import BundleError, check_bundle, put_bundle
+    from ._bundle import FIREWALL_FILE, UDEV_FILE, BundleError, check_bundle, put_bundle
+    from ._hardware import HardwareError, check_ruleset, kemon_block, load_hat, udev_rules
     from ._image import FatImage, ImageError, find_volume
 
+    try:
+        chosen = [load_hat(name) for name in dict.fromkeys(hats)]
+    except HardwareError as exc:
+        raise BadInput(f"--hat: {one_line(exc)}") from None
+    try:
+        extra = {UDEV_FILE: udev_rules()}
+    except HardwareError as exc:
+        raise Failure(one_line(exc)) from None
+    if firewall is not None:
+        try:
+            checked_how = check_ruleset(firewall)
+        except HardwareError as exc:
+            raise BadInput(f"--firewall: {firewall}: {one_line(exc)}") from None
+        extra[FIREWALL_FILE] = firewall.read_bytes()
+        click.echo(f"{firewall}: {checked_how}", err=checked_how.startswith("NOT"))
     # provisioning/data/kemon-gateway.service links to systemd/ in a checkout; a wheel holds
     # a copy of it
     unit_file = Path(str(resources.files("provisioning") / "data" / "kemon-gateway.service"))
     try:
-        checked = check_bundle(bundle, unit_file if unit_file.is_file() else None)
+        checked = check_bundle(bundle, unit_file if unit_file.is_file() else None, extra)
     except BundleError as exc:
         raise BadInput(f"--bundle: {one_line(exc)}") from None
     if image.is_file() and not os.access(image, os.R_OK | os.W_OK):
@@ -359,7 +388,8 @@ def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> Non
         raise BadInput(f"--image: {image}: {one_line(exc)}") from None
     click.echo(f"{image}: boot partition is {volume.describe()}")
     try:
-        written = put_bundle(FatImage(image, volume.offset), checked, boot_path, force)
+        block = kemon_block(chosen) if chosen else None
+        written = put_bundle(FatImage(image, volume.offset), checked, boot_path, force, block)
     except BundleError as exc:
         raise BadInput(f"--image: {image}: {one_line(exc)}") from None
     except ImageError as exc:
@@ -369,14 +399,36 @@ def image_command(image: Path, bundle: Path, boot_path: str, force: bool) -> Non
     if "kemon/systemd/kemon-gateway.service" not in written.files:
         click.echo("note: this installation has no kemon-gateway.service: the bundle carries "
                    "no unit; install it on the device yourself", err=True)
+    _report_config(written.config_txt, block, chosen, written.cmdline)
     click.echo(f"cmdline.txt: {'appended' if written.hook_added else 'already has'} "
                f"{written.hook}")
+    firewall_too = " and its firewall into /etc/nftables.d" if firewall is not None else ""
     click.echo(f"{'replaced the earlier bundle; ' if written.replaced else ''}on its first boot "
-               f"gateway {checked.unit}/{checked.gateway} installs itself into /etc/kemon, "
-               f"removes kemon/ from {boot_path} and reboots")
+               f"gateway {checked.unit}/{checked.gateway} installs itself into /etc/kemon, its "
+               f"udev rules into /etc/udev/rules.d{firewall_too}, removes kemon/ from "
+               f"{boot_path} and reboots")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+def _report_config(what: str, block: str | None, hats: Sequence[Hat], cmdline: str) -> None:
+    """Say what became of config.txt (``Written.config_txt``) and what the HATs added."""
+    for hat in hats:
+        if not hat.lines:
+            click.echo(f"nothing to add for {hat.name} (its snippet is only comments)")
+    if what in ("appended", "replaced") and block:
+        click.echo(f"config.txt: {what} {'the earlier Kemon block with ' * (what == 'replaced')}"
+                   "these lines:")
+        for line in block.splitlines():
+            click.echo(f"  {line}")
+    elif what == "removed":
+        click.echo("config.txt: removed the earlier Kemon block (no HAT adds a line)")
+    console = next((word for word in cmdline.split() if word.startswith("console=serial0")), "")
+    if console and any("enable_uart=1" in hat.lines for hat in hats):
+        click.echo(f"note: cmdline.txt has {console}: the kernel and a login would talk on the "
+                   "RS-485 bus; take it out of cmdline.txt on the card (hardware/rs485/README.md, "
+                   "'Disable the serial console')", err=True)
+
 
 def _load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key_path, cert_path = ca_dir / "ca.key", ca_dir / "ca.pem"

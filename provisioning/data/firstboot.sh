@@ -9,6 +9,11 @@
 #   - installs /etc/kemon/gateway.toml (root:kemon 0640), /etc/kemon/tls/ca.pem and
 #     gateway.pem (0644), gateway.key (root:kemon 0640), /var/lib/kemon (kemon:kemon 0750),
 #   - installs the systemd units the bundle carries and enables them (when Kemon is installed),
+#   - installs the udev rules it carries into /etc/udev/rules.d (0644) and, on the running
+#     system, has udev apply them to the serial ports,
+#   - installs the site's firewall, when it carries one, as /etc/nftables.d/kemon-gateway.nft,
+#     includes it from /etc/nftables.conf, enables nftables.service and, on the running system,
+#     loads it (a ruleset that does not load is logged, and the gateway still comes up),
 #   - removes the key from the boot partition, restores cmdline.txt, removes the bundle.
 # Every file is written to a temporary name and renamed; every step can run again, so an
 # interrupted run is finished by the next one. Messages go to stdout (the journal, the console)
@@ -17,7 +22,7 @@
 # Environment (for tests and image builders):
 #   KEMON_ROOT   prefix for every installed path (default: empty, the running system); when set,
 #                users are created with 'useradd --prefix' and units enabled with
-#                'systemctl --root', nothing is started
+#                'systemctl --root', nothing is started, udev and nft are not called
 #   KEMON_BOOT   the boot partition's mount point (default: the one holding kemon/, looked for
 #                at /boot/firmware then /boot)
 #   KEMON_START  1: start the gateway at the end (the unit sets it; the kernel-command-line
@@ -142,6 +147,67 @@ install_units() {
     done
 }
 
+install_udev_rules() {
+    [ -d "$B/udev" ] || return 0
+    (umask 022 && mkdir -p "$ROOT/etc/udev/rules.d")
+    for rules in "$B"/udev/*.rules; do
+        [ -f "$rules" ] || continue
+        install_file "$rules" "$ROOT/etc/udev/rules.d/${rules##*/}" 0644 0 0
+        log "installed /etc/udev/rules.d/${rules##*/}"
+    done
+    [ -z "$ROOT" ] && command -v udevadm >/dev/null || return 0
+    # udevadm(8): reload the rules, then replay the serial ports' events so /dev/rs485-N appear
+    if udevadm control --reload && udevadm trigger --subsystem-match=tty; then
+        log "udev re-read its rules and re-applied them to the serial ports"
+    else
+        log "warning: udevadm could not apply the rules now; they apply from the next boot"
+    fi
+}
+
+NFT_RULES=/etc/nftables.d/kemon-gateway.nft
+NFT_CONF=/etc/nftables.conf                 # what Debian's nftables.service loads at boot
+NFT_INCLUDE="include \"$NFT_RULES\""
+
+install_firewall() {
+    [ -f "$B/nftables/kemon-gateway.nft" ] || return 0
+    (umask 022 && mkdir -p "$ROOT/etc/nftables.d")
+    install_file "$B/nftables/kemon-gateway.nft" "$ROOT$NFT_RULES" 0644 0 0
+    log "installed $NFT_RULES"
+    conf=$ROOT$NFT_CONF
+    if [ ! -f "$conf" ]; then
+        printf '#!/usr/sbin/nft -f\n' >"$conf.kemon-new"
+        chmod 0755 "$conf.kemon-new"        # executable, like the one Debian's package ships
+        mv -f "$conf.kemon-new" "$conf"
+        log "created $NFT_CONF"
+    fi
+    if ! grep -qxF "$NFT_INCLUDE" "$conf"; then
+        cp -p "$conf" "$conf.kemon-new"     # keeps its owner and mode
+        # a newline first when the file does not end in one
+        if [ -n "$(tail -c 1 "$conf")" ]; then echo >>"$conf.kemon-new"; fi
+        printf '%s\n' "$NFT_INCLUDE" >>"$conf.kemon-new"
+        mv -f "$conf.kemon-new" "$conf"
+        log "added $NFT_INCLUDE to $NFT_CONF"
+    fi
+    # enabled for every boot; a failure here must not keep the gateway from coming up
+    if [ -n "$ROOT" ]; then set -- --root="$ROOT"; else set --; fi
+    if systemctl "$@" --quiet enable nftables.service; then
+        log "enabled nftables.service (loads $NFT_CONF at boot)"
+    else
+        log "warning: could not enable nftables.service (is the nftables package installed?):" \
+            "the firewall is installed but not loaded at boot; apt install nftables," \
+            "then: systemctl enable nftables"
+    fi
+    [ -z "$ROOT" ] || return 0
+    if ! command -v nft >/dev/null; then
+        log "warning: nft is not installed: the firewall is NOT active; apt install nftables"
+    elif out=$(nft -f "$NFT_RULES" 2>&1); then
+        log "loaded $NFT_RULES: the firewall is active"
+    else
+        log "warning: nft could not load $NFT_RULES: the firewall is NOT active; fix the file" \
+            "and run: nft -f $NFT_RULES; nft said: $out"
+    fi
+}
+
 main() {
     find_boot
     if [ -n "$BOOT" ]; then rm -rf "$BOOT/kemon.done"; fi
@@ -180,6 +246,8 @@ main() {
     chown "$KUID:$KGID" "$ROOT/var/lib/kemon"
     chmod 0750 "$ROOT/var/lib/kemon"
     install_units
+    install_udev_rules
+    install_firewall
     sync
 
     for f in gateway.toml tls/ca.pem tls/gateway.pem; do
