@@ -7,13 +7,15 @@ file system made by ``mkfs.vfat --offset`` inside the first partition, ``cmdline
 fatgen103 (not mtools, which wrote it; 7z is not installed here and pyfatfs pulls in the
 unmaintained PyFilesystem2), and checked with ``fsck.fat -n``. Then ``firstboot.sh`` runs as
 root against the extracted boot folder and a temporary root (KEMON_ROOT): real ``useradd
---prefix``, real ``systemctl --root``, real chown/chmod.
+--prefix``, real ``systemctl --root``, real chown/chmod. Firewall files are judged by the real
+``nft -c``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from provisioning import generate_key
 from provisioning._bundle import hook_for, with_hook
+from provisioning._hardware import BLOCK_END, HardwareError, Hat, kemon_block, with_kemon_block
 
 from .conftest import ROOT, UNIT, run_kemon
 
@@ -37,8 +40,11 @@ CONFIG = b"# config.txt\narm_64bit=1\ndtparam=uart0=on\n"
 HOOK = hook_for("/boot/firmware")
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": os.devnull}
 BUNDLE_FILES = {"gateway.toml", "gateway.pem", "gateway.key", "ca.pem", "firstboot.sh",
-                "systemd/kemon-gateway.service", "cmdline.txt.orig", "cmdline.hook",
-                "SHA256SUMS"}
+                "systemd/kemon-gateway.service", "udev/99-kemon-rs485.rules",
+                "cmdline.txt.orig", "cmdline.hook", "SHA256SUMS"}
+RULES = ROOT / "hardware" / "udev" / "99-kemon-rs485.rules"
+NFT = ROOT / "hardware" / "nftables" / "kemon-gateway.nft"
+SNIPPETS = ROOT / "hardware" / "rs485" / "config.txt.d"
 
 
 # --- an independent FAT32 reader ---------------------------------------------------------------
@@ -250,6 +256,7 @@ def test_the_bundle_lands_in_the_boot_partition(image: Path, bundle: Path,
         (ROOT / "systemd" / "kemon-gateway.service").read_bytes()
     assert files["kemon/firstboot.sh"] == \
         (ROOT / "provisioning" / "data" / "firstboot.sh").read_bytes()
+    assert files["kemon/udev/99-kemon-rs485.rules"] == RULES.read_bytes()
     toml = files["kemon/gateway.toml"].decode()
     assert 'key_file = "/etc/kemon/tls/gateway.key"' in toml
     assert 'ca_file = "/etc/kemon/tls/ca.pem"' in toml
@@ -446,6 +453,12 @@ def test_first_boot_installs_and_cleans_up(image: Path, bundle: Path, tmp_path: 
     wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants"
     assert os.readlink(wants / "kemon-gateway.service") == "/etc/systemd/system/" \
                                                            "kemon-gateway.service"
+    rules = root / "etc" / "udev" / "rules.d" / "99-kemon-rs485.rules"
+    assert owner_mode(rules) == (0, 0, 0o644) and rules.read_bytes() == RULES.read_bytes()
+    assert "installed /etc/udev/rules.d/99-kemon-rs485.rules" in res.stdout
+    assert "udev re-read" not in res.stdout and "udevadm" not in res.stdout  # not on a root
+    assert not (root / "etc" / "nftables.d").exists()        # no --firewall, no firewall
+    assert not (root / "etc" / "nftables.conf").exists()
 
     assert sorted(p.name for p in boot.iterdir()) == ["cmdline.txt", "config.txt"]  # no secrets
     assert (boot / "cmdline.txt").read_bytes() == CMDLINE                # byte for byte
@@ -491,3 +504,180 @@ def test_a_damaged_bundle_installs_nothing_and_boots_normally_next(image: Path, 
     assert not (root / "etc" / "kemon").exists()
     assert (boot / "kemon" / "gateway.key").is_file()              # kept for a look
     assert (boot / "cmdline.txt").read_bytes() == CMDLINE           # the hook is gone
+
+
+# --- the HAT's config.txt lines ----------------------------------------------------------------
+
+def snippet_lines(name: str) -> list[str]:
+    return [line for line in (SNIPPETS / f"{name}.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def kemon_blocks(config: bytes) -> list[str]:
+    return re.findall(r"^# --- kemon: .*?^# --- end kemon ---\n", config.decode(),
+                      re.MULTILINE | re.DOTALL)
+
+
+def test_hat_lines_go_into_config_txt_once(image: Path, bundle: Path, tmp_path: Path) -> None:
+    out = provision(image, bundle, "--hat", "sc16is752-spi1", "--hat", "usb-adapters")
+    assert "nothing to add for usb-adapters" in out
+    assert "  dtoverlay=sc16is752-spi1,int_pin=24\n" in out            # says what it appended
+    fsck_clean(image, tmp_path)
+    config = FatReader(volume_of(image)).files()["config.txt"]
+    assert config.startswith(CONFIG)                                   # kept byte for byte
+    [block] = kemon_blocks(config)
+    assert config == CONFIG + block.encode()
+    lines = block.splitlines()
+    assert lines[0] == "# --- kemon: sc16is752-spi1 (kemon provision image --hat) ---"
+    assert lines[-1] == BLOCK_END
+    directives = [line for line in lines if not line.startswith("#")]
+    assert directives[0] == "[all]"                    # no earlier [pi4] section captures it
+    assert directives[1:] == [line for line in snippet_lines("sc16is752-spi1")
+                              if line != "[all]"]
+    assert "usb-adapters" not in block
+
+    out = provision(image, bundle, "--force", "--hat", "uart-gpio14-15")
+    assert "replaced the earlier Kemon block" in out
+    assert "console=serial0,115200" in run_kemon(          # the template's cmdline has it
+        "provision", "image", "--image", str(image), "--bundle", str(bundle), "--force",
+        "--hat", "uart-gpio14-15").stderr
+    config = FatReader(volume_of(image)).files()["config.txt"]
+    [block] = kemon_blocks(config)
+    assert config == CONFIG + block.encode()
+    assert "enable_uart=1\ndtoverlay=disable-bt\n" in block and "sc16is752" not in block
+
+    provision(image, bundle, "--force")                            # no --hat: left alone
+    assert FatReader(volume_of(image)).files()["config.txt"] == config
+    out = provision(image, bundle, "--force", "--hat", "usb-adapters")
+    assert "removed the earlier Kemon block" in out
+    fsck_clean(image, tmp_path)
+    assert FatReader(volume_of(image)).files()["config.txt"] == CONFIG
+
+
+def test_a_comment_only_snippet_adds_nothing(image: Path, bundle: Path) -> None:
+    assert snippet_lines("usb-adapters") == []
+    out = provision(image, bundle, "--hat", "usb-adapters")
+    assert "nothing to add for usb-adapters" in out and "config.txt:" not in out
+    assert FatReader(volume_of(image)).files()["config.txt"] == CONFIG
+
+
+def test_an_unknown_hat_is_refused_and_the_image_unchanged(image: Path, bundle: Path) -> None:
+    line = refused(image, bundle, "--hat", "sc16is752-spi1", "--hat", "waveshare")
+    assert "--hat: no HAT snippet named 'waveshare'" in line
+    for path in SNIPPETS.glob("*.txt"):
+        assert path.stem in line                                   # the names there are
+    help_text = run_kemon("provision", "image", "--help").stdout
+    assert all(path.stem in " ".join(help_text.split()) for path in SNIPPETS.glob("*.txt"))
+
+
+def test_a_cut_kemon_block_in_config_txt_is_refused(image: Path, bundle: Path,
+                                                    tmp_path: Path) -> None:
+    mtools("mdel", "-i", f"{image}@@{PART_LBA * SECTOR}", "::/config.txt")
+    put(image, "config.txt", CONFIG + b"# --- kemon: x (kemon provision image --hat) ---\n"
+        b"[all]\ndtoverlay=x\n", PART_LBA * SECTOR, tmp_path)
+    assert "no '# --- end kemon ---' after it" in refused(image, bundle, "--hat",
+                                                          "sc16is752-spi1")
+
+
+def test_the_block_resets_conditional_sections() -> None:
+    pi4 = Hat("pi4-only", ("[pi4]", "dtoverlay=uart3"))
+    block = kemon_block([pi4, Hat("spi", ("[all]", "dtoverlay=sc16is752-spi1"))])
+    assert block.splitlines()[1:-1] == [
+        "# pi4-only (hardware/rs485/config.txt.d/pi4-only.txt)", "[all]", "[pi4]",
+        "dtoverlay=uart3", "# spi (hardware/rs485/config.txt.d/spi.txt)", "[all]",
+        "dtoverlay=sc16is752-spi1"]
+    assert kemon_block([pi4]).splitlines()[-2] == "[all]"        # ends outside [pi4]
+    assert kemon_block([Hat("usb", ())]) == ""
+    config = "arm_64bit=1\n[pi5]\nusb_max_current_enable=1"           # no final newline
+    once = with_kemon_block(config, block)
+    assert once == config + "\n" + block
+    assert with_kemon_block(once, block) == once                      # replaced, not added
+    assert with_kemon_block(once, "") == config + "\n"
+    with pytest.raises(HardwareError, match="more than one"):
+        with_kemon_block(once + block, block)
+
+
+# --- the site's firewall -----------------------------------------------------------------------
+
+def site_ruleset(tmp_path: Path) -> Path:
+    """The shipped ruleset as a technician adapts it: other interfaces, another meter subnet."""
+    if shutil.which("nft") is None:
+        pytest.fail("nft is required (apt-get install nftables)")
+    text = NFT.read_text().replace('"eth1"', '"enp1s0"').replace("192.168.10.0/24",
+                                                                  "172.16.5.0/24")
+    assert text != NFT.read_text()
+    path = tmp_path / "site.nft"
+    path.write_text(text)
+    return path
+
+
+NFTABLES_UNIT = """[Unit]
+Description=nftables (a stand-in for Debian's unit)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/nft -f /etc/nftables.conf
+
+[Install]
+WantedBy=sysinit.target
+"""
+INCLUDE = 'include "/etc/nftables.d/kemon-gateway.nft"'
+
+
+def test_a_firewall_is_bundled_and_installed_once(image: Path, bundle: Path,
+                                                  tmp_path: Path) -> None:
+    site = site_ruleset(tmp_path)
+    out = provision(image, bundle, "--firewall", str(site))
+    assert f"{site}: checked with nft -c: accepted" in out
+    assert "its firewall into /etc/nftables.d" in out
+    files = FatReader(volume_of(image)).files()
+    assert files["kemon/nftables/kemon-gateway.nft"] == site.read_bytes()
+    assert f"{hashlib.sha256(site.read_bytes()).hexdigest()}  nftables/kemon-gateway.nft" \
+        in files["kemon/SHA256SUMS"].decode()
+
+    root = target_root(tmp_path / "root")
+    unit = root / "usr" / "lib" / "systemd" / "system" / "nftables.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text(NFTABLES_UNIT)
+    conf = root / "etc" / "nftables.conf"
+    debian = "#!/usr/sbin/nft -f\n\nflush ruleset\n\ntable inet filter {\n}"   # no final \n
+    conf.write_text(debian)
+    conf.chmod(0o755)
+    for run in ("boot", "again"):            # the second as if the first was cut short
+        res = firstboot(boot_folder(image, tmp_path / run), root)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "enabled nftables.service" in res.stdout
+    installed = root / "etc" / "nftables.d" / "kemon-gateway.nft"
+    assert owner_mode(installed) == (0, 0, 0o644) and installed.read_bytes() == site.read_bytes()
+    assert owner_mode(root / "etc" / "nftables.d") == (0, 0, 0o755)
+    assert conf.read_text() == f"{debian}\n{INCLUDE}\n"                    # once, on its own line
+    assert owner_mode(conf) == (0, 0, 0o755)
+    wants = root / "etc" / "systemd" / "system" / "sysinit.target.wants" / "nftables.service"
+    assert os.readlink(wants) == "/usr/lib/systemd/system/nftables.service"
+    assert "loaded" not in res.stdout                  # nothing is loaded into a KEMON_ROOT
+
+
+def test_without_nftables_on_the_device_the_first_boot_still_succeeds(
+        image: Path, bundle: Path, tmp_path: Path) -> None:
+    provision(image, bundle, "--firewall", str(site_ruleset(tmp_path)))
+    root = target_root(tmp_path / "root")                     # no nftables.service, no conf
+    res = firstboot(boot_folder(image, tmp_path / "boot"), root)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "could not enable nftables.service" in res.stdout
+    assert "enabled kemon-gateway.service" in res.stdout      # the gateway comes up anyway
+    conf = root / "etc" / "nftables.conf"
+    assert conf.read_text() == f"#!/usr/sbin/nft -f\n{INCLUDE}\n"
+    assert (root / "etc" / "nftables.d" / "kemon-gateway.nft").is_file()
+
+
+def test_a_broken_firewall_is_refused_and_the_image_unchanged(image: Path, bundle: Path,
+                                                              tmp_path: Path) -> None:
+    site = site_ruleset(tmp_path)
+    text = site.read_text()
+    site.write_text(text.replace("$METER_NET", "$METER_NETS", 1))    # an undefined variable
+    line = refused(image, bundle, "--firewall", str(site))
+    assert line.startswith(f"error: --firewall: {site}: nft -c refuses it: {site}:")
+    assert "METER_NETS" in line
+    site.write_text(text.replace("policy drop;", "policy dorp;", 1))
+    assert "syntax error" in refused(image, bundle, "--firewall", str(site))
+    assert "not found" in refused(image, bundle, "--firewall", str(tmp_path / "none.nft"))
