@@ -200,7 +200,8 @@ def gateway_command(ca_dir: Path, unit: str, gateway: str, destinations: Sequenc
               help="The user the broker runs as (default: mosquitto, or emqx); it must be "
                    "able to read the files in OUT.")
 @_OUT
-@_FORCE
+@click.option("--force", is_flag=True,
+              help="Replace an existing broker configuration in OUT (otherwise refused).")
 def broker_command(ca_dir: Path, server_dir: Path, port: int, kind: str, bind: str | None,
                    collectors: Sequence[str], relays: Sequence[str], user: str | None, out: Path,
                    force: bool) -> None:
@@ -337,7 +338,8 @@ def revoke_command(ca_dir: Path, certs: Sequence[Path]) -> None:
               type=click.Path(dir_okay=False, path_type=Path),
               help="An nftables ruleset adapted from hardware/nftables/kemon-gateway.nft, "
                    "checked with nft -c here and loaded at every boot of the device.")
-@_FORCE
+@click.option("--force", is_flag=True,
+              help="Replace a Kemon bundle already on the image (otherwise refused).")
 def image_command(image: Path, bundle: Path, boot_path: str, hats: Sequence[str],
                   firewall: Path | None, force: bool) -> None:
     """Put a gateway's bundle (identity, gateway.toml, first-boot script, udev rules, and the
