@@ -27,6 +27,7 @@ from protocol._sd_notify import feed_watchdog, notify, watchdog_seconds
 
 from ._clock import clock_synchronised
 from ._consumption import ConsumptionTracker
+from ._instance import InstanceLock
 from ._model import BusConfig, GatewayConfig, MeterConfig
 from ._poller import BusPoller, MeterPoll
 from ._schedule import GRID_TOLERANCE_S, due_meters, next_tick_of
@@ -119,6 +120,11 @@ class Gateway:
         except OSError as exc:
             raise StoreError(cfg.gateway.data_dir,
                              f"cannot create the data directory: {exc.strerror or exc}") from None
+        with InstanceLock(cfg.gateway.data_dir):     # one gateway per data directory
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
         store = Store(self.store_path, retention_days=cfg.store.retention_days,
                       disk_budget_bytes=cfg.store.disk_budget_mb * 1024 * 1024,
                       full_resolution_days=cfg.store.full_resolution_days)

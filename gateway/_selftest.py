@@ -54,6 +54,7 @@ from protocol._mqtt_publish import LinkError, MqttLink, tls_for
 
 from ._clock import ClockState, clock_state
 from ._delivery import IdentityError, load_identity
+from ._instance import running_pid
 from ._model import BusConfig, DestinationConfig, GatewayConfig, MeterConfig
 from ._poller import BusPoller
 from ._selftest_judge import (
@@ -196,6 +197,13 @@ def _serial_facts(bus: BusConfig) -> tuple[bool, dict[str, Any]]:
         "settings": f"{bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"}
 
 
+def _port_labels(bus: BusConfig) -> tuple[str, str, str]:
+    """The id and the Chinese and English labels of a bus's port check."""
+    if bus.is_tcp:
+        return f"port.{bus.name}", f"网络连接 {bus.name}", f"Network link {bus.name}"
+    return f"port.{bus.name}", f"串口 {bus.name}", f"Serial port {bus.name}"
+
+
 class _Selftest:
     def __init__(self, cfg: GatewayConfig, timeout: float, clock: ClockProbe,
                  driver_factory: Callable[[BusConfig], Driver]) -> None:
@@ -269,10 +277,7 @@ class _Selftest:
     async def _bus(self, bus: BusConfig) -> list[CheckResult]:
         meters = [m for m in self.cfg.meters if m.bus == bus.name]
         driver = self.driver_factory(bus)
-        if bus.is_tcp:
-            port_id, zh, en = f"port.{bus.name}", f"网络连接 {bus.name}", f"Network link {bus.name}"
-        else:
-            port_id, zh, en = f"port.{bus.name}", f"串口 {bus.name}", f"Serial port {bus.name}"
+        port_id, zh, en = _port_labels(bus)
         results: list[CheckResult] = []
         try:
             port = await self.check(port_id, zh, en, lambda: self._open(bus, driver))
@@ -390,6 +395,23 @@ class _Selftest:
         return (Status.PASS, f"TLS verified against {verified}; MQTT CONNECT accepted by "
                 f"{dest.host}:{dest.port} in {measured['connack_ms']:g} ms", measured)
 
+    async def _instance(self, pid: int | None) -> _Outcome:
+        where = self.cfg.gateway.data_dir
+        if pid is None:
+            return Status.PASS, f"no gateway is running on {where}: the buses are free", {}
+        who = f" (pid {pid})" if pid else ""
+        return (Status.FAIL, f"a gateway{who} is running on {where}: stop it (sudo systemctl "
+                "stop kemon-gateway) and test again — two masters on one RS-485 line garble "
+                "each other", {"pid": pid})
+
+    async def _not_while_running(self, bus: BusConfig) -> list[CheckResult]:
+        why = "not tested while the gateway runs"
+        out = [CheckResult(*_port_labels(bus), Status.FAIL, why, {}, 0.0)]
+        out += [CheckResult(f"meter.{m.name}", f"仪表 {m.name}", f"Meter {m.name}",
+                            Status.FAIL, why, {"bus": bus.name, "address": m.address}, 0.0)
+                for m in self.cfg.meters if m.bus == bus.name]
+        return out
+
     async def run(self) -> list[CheckResult]:
         cfg = self.cfg
         jobs: list[Awaitable[CheckResult | list[CheckResult]]] = [
@@ -401,7 +423,13 @@ class _Selftest:
             self.check("store", "本地存储可写", "Store writable",
                        self.blocking(lambda: _store(cfg.gateway.data_dir), "store")),
         ]
-        jobs += [self._bus(bus) for bus in cfg.buses]
+        pid = running_pid(cfg.gateway.data_dir)
+        jobs.append(self.check("instance", "网关服务已停止", "Gateway service stopped",
+                               functools.partial(self._instance, pid)))
+        if pid is None:
+            jobs += [self._bus(bus) for bus in cfg.buses]
+        else:
+            jobs += [self._not_while_running(bus) for bus in cfg.buses]
         jobs += [self.check(f"destination.{d.name}", f"上传平台 {d.name}",
                             f"Destination {d.name} (TLS + MQTT)",
                             functools.partial(self._destination, d))

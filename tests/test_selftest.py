@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import json
 import math
+import os
 import socket
 import subprocess
 import time
@@ -440,9 +441,9 @@ def test_a_good_site_passes_and_both_records_are_written(site: Site) -> None:
     report = json.loads(json_path.read_text(encoding="utf-8"))
     assert report["passed"] is True and report["gateway"] == "GWS" and report["unit"] == UNIT
     checks = checks_of(report)
-    assert set(checks) == {"certificate", "clock", "disk", "store", "port.lan", "port.rs485-1",
-                           "port.rs485-2", "meter.incomer", "meter.line", "meter.main645",
-                           "destination.province"}
+    assert set(checks) == {"certificate", "clock", "disk", "store", "instance", "port.lan",
+                           "port.rs485-1", "port.rs485-2", "meter.incomer", "meter.line",
+                           "meter.main645", "destination.province"}
     assert {c["status"] for c in checks.values()} <= {"pass", "warn"}
     assert checks["clock"]["status"] == "warn"          # require_time_sync = false here
     assert checks["certificate"]["measured"]["days_left"] > 30
@@ -558,3 +559,27 @@ def test_bad_configuration_is_one_line_exit_2(tmp_path: Path, text: str, words: 
 def test_bad_options_exit_2(tmp_path: Path) -> None:
     res = run_kemon("gateway", "selftest", "-c", str(tmp_path / "none.toml"), "--timeout", "0")
     assert res.returncode == 2
+
+
+def test_while_a_gateway_runs_the_buses_are_left_alone(site: Site) -> None:
+    from gateway._instance import InstanceLock
+
+    cfg = site.config("running")
+    data = site.dir / "data-running"
+    data.mkdir(exist_ok=True)
+    with InstanceLock(data):                  # what `kemon gateway run` holds while it runs
+        res, report = selftest(cfg)
+    assert res.returncode == 1
+    checks = checks_of(report)
+    assert checks["instance"]["status"] == "fail"
+    assert f"a gateway (pid {os.getpid()}) is running on" in checks["instance"]["detail"]
+    assert "systemctl stop kemon-gateway" in checks["instance"]["detail"]
+    untouched = {k for k, c in checks.items() if c["detail"] == "not tested while the gateway runs"}
+    assert untouched == {"port.lan", "port.rs485-1", "port.rs485-2", "meter.incomer",
+                         "meter.line", "meter.main645"}
+    # what does not touch the buses is still checked
+    assert checks["destination.province"]["status"] == "pass"
+    assert checks["store"]["status"] in ("pass", "warn")
+    res, report = selftest(cfg)               # stopped: the same site passes
+    assert res.returncode == 0, failed(report)
+    assert checks_of(report)["instance"]["status"] == "pass"
