@@ -25,6 +25,7 @@ def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
     for step in ("provision ca init", "provision server", "provision broker",
                  "provision collector", "provision gateway"):
         assert f"$ kemon {step} " in out, step
+    assert out.count("$ kemon provision ca init ") == 2            # province and national
     # the commissioning self-test ran and named the silent meter as its one failure
     assert "$ kemon gateway selftest -c " in out
     assert re.search(r"^    FAIL \S+\s+仪表 spare Meter spare .*no answer", out, re.M), out
@@ -38,6 +39,10 @@ def test_demo_runs_the_chain_and_shows_consumption(tmp_path: Path) -> None:
     # no seq missing, nothing quarantined: every batch passed the collector's checks
     *_, gaps, count, quarantined = row[0].split()
     assert (gaps, quarantined) == ("0", "0") and int(count) == int(stored[1])
+    national = re.search(r"^demo: the national collector stored (\d+) readings in (\d+) "
+                         r"batches, relayed unchanged", out, re.M)
+    assert national and national.groups() == stored.groups(), out    # 数据对接: all relayed
+    assert re.search(r"relay to national \(上报\): 0 batches not yet acknowledged", out), out
     readings = subprocess.run(
         kemon_cmd("collector", "readings", "-c", "demo/platform/collector/collector.toml"),
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True).stdout

@@ -1,11 +1,13 @@
-"""``kemon demo``: a province and a gateway, provisioned and run as their users would run them.
+"""``kemon demo``: a province, the national platform and a gateway, provisioned and run as their
+users would run them.
 
-Provisions a CA, a Mosquitto broker with mutual TLS and the topic ACL, a collector and a gateway
-identity with the real ``kemon provision`` commands (``_demo_platform``); writes the embedded demo
-configuration (``demo.toml``) with free ports; starts the broker, ``kemon collector run``,
-``kemon sim`` and ``kemon gateway run`` as child processes; prints readings as the gateway stores
-them (the store's read-only path, like ``kemon gateway readings``) and what the collector has
-verified and stored.
+Provisions, with the real ``kemon provision`` commands (``_demo_platform``), a province (CA,
+Mosquitto broker with mutual TLS and the topic ACL, collector), a national platform with a CA of
+its own that the province relays to, and a gateway identity; writes the embedded demo
+configuration (``demo.toml``) with free ports; starts the brokers, both ``kemon collector run``,
+``kemon sim``, the commissioning self-test and ``kemon gateway run`` as child processes; prints
+readings as the gateway stores them (the store's read-only path, like ``kemon gateway
+readings``) and what the collectors have verified and stored.
 """
 
 from __future__ import annotations
@@ -130,9 +132,10 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
               help="Then replay 75 minutes of a site on a virtual clock, to show 15-minute and "
                    "hourly consumption with its standard-coal equivalent.")
 def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
-    """Provision a province (CA, Mosquitto with mutual TLS, a collector) and a gateway, run
-    simulated meters (Modbus TCP and RTU, DL/T 645, CJ/T 188), and show readings arriving in
-    the gateway's store and at the collector; then a time-lapse of consumption.
+    """Provision a province (CA, Mosquitto with mutual TLS, a collector), the national
+    platform it relays to, and a gateway; run simulated meters (Modbus TCP and RTU, DL/T 645,
+    CJ/T 188), the commissioning self-test and the gateway, and show readings arriving in the
+    gateway's store and at both collectors; then a time-lapse of consumption.
 
     The demo directory is emptied at each start (only one that 'kemon demo' made).
 
@@ -144,25 +147,28 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
     _fresh(directory)
     logs = directory / "logs"
     logs.mkdir(exist_ok=True)
-    click.echo("demo: provisioning a province and a gateway (docs/provisioning.md):")
-    platform = provision(directory / "platform", port=_free_port(), unit=DEMO_UNIT,
-                         gateway=DEMO_GATEWAY, gateway_dir=directory / "gateway-id",
-                         echo=click.echo)
-    config = write_demo_config(directory, platform.url)
+    click.echo("demo: provisioning a province, the national platform and a gateway "
+               "(docs/provisioning.md):")
+    province, national = provision(directory / "platform", port=_free_port(),
+                                   national_port=_free_port(), unit=DEMO_UNIT,
+                                   gateway=DEMO_GATEWAY, gateway_dir=directory / "gateway-id",
+                                   echo=click.echo)
+    config = write_demo_config(directory, province.url)
     click.echo(f"demo: gateway configuration {config}")
     procs: list[subprocess.Popen[bytes]] = []
     counts: dict[Period, int] = {}
     gateway: subprocess.Popen[bytes] | None = None
     interrupted = False
     try:
-        broker_log, collector_log = logs / "broker.log", logs / "collector.log"
-        procs.append(start_broker(platform, broker_log))
-        _wait_for_port(platform.port, procs[-1], broker_log, 20)
-        click.echo(f"demo: broker (Mosquitto, mutual TLS, topic ACL) on {platform.url} "
-                   f"(log {broker_log})")
-        procs.append(start_collector(platform, collector_log))
-        _wait_for(collector_log, "connected to", procs[-1], 30)
-        click.echo(f"demo: province collector connected (log {collector_log})")
+        for level, name in ((national, "national"), (province, "province")):
+            broker_log, collector_log = logs / f"{name}-broker.log", logs / f"{name}.log"
+            procs.append(start_broker(level, broker_log))
+            _wait_for_port(level.port, procs[-1], broker_log, 20)
+            click.echo(f"demo: {name} broker (Mosquitto, mutual TLS, topic ACL) on {level.url} "
+                       f"(log {broker_log})")
+            procs.append(start_collector(level, collector_log))
+            _wait_for(collector_log, "connected to", procs[-1], 30)
+            click.echo(f"demo: {name} collector connected (log {collector_log})")
         sim_log, gw_log = logs / "sim.log", logs / "gateway.log"
         procs.append(_start(["sim", "-c", str(config), "--make-ports",
                              "--fault", "spare=silent"], sim_log))
@@ -176,9 +182,9 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
         click.echo(f"demo: self-test exit {code} (0 only when every check passes)")
         gateway = _start(["gateway", "run", "-c", str(config)], gw_log)
         click.echo(f"demo: gateway running (log {gw_log}); readings as they are stored, and "
-                   "what the collector has:\n")
+                   "what the collectors have:\n")
         counts = _watch(directory / "data" / "store.db", _energy_points(config), gateway,
-                        platform, duration, gw_log)
+                        (province, national), duration, gw_log)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -187,8 +193,11 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
             click.echo(f"\ndemo: gateway stopped (exit {code})")
         try:
             if not interrupted and gateway is not None:
-                _settle(platform)
-                _collector_view(platform)
+                _settle(province, national)
+                _collector_view(province, "province", "each verified (certificate, "
+                                "signature, hash chain)")
+                _collector_view(national, "national", "relayed unchanged by the province "
+                                "and verified again (the gateway's own signatures)")
         finally:
             for proc in reversed(procs):
                 _stop(proc)
@@ -211,12 +220,14 @@ DEMO_UNIT, DEMO_GATEWAY = "91320100MA1ABCDE0C", "DEMO01"
 
 
 def _watch(store_path: Path, shown: set[str], gateway: subprocess.Popen[bytes],
-           platform: Platform, duration: float, gw_log: Path) -> dict[Period, int]:
-    """Print the gateway's new readings each second and the collector's totals every five."""
+           levels: tuple[Platform, Platform], duration: float,
+           gw_log: Path) -> dict[Period, int]:
+    """Print the gateway's new readings each second, and the collectors' totals every five."""
     from gateway._store import Store
 
     counts: dict[Period, int] = {}
-    seen, ticks, last = 0, 0, (0, 0)
+    seen, ticks = 0, 0
+    last: tuple[tuple[int, int], ...] = ()
     started = time.monotonic()
     while duration == 0 or time.monotonic() - started < duration:
         time.sleep(1.0)
@@ -233,31 +244,36 @@ def _watch(store_path: Path, shown: set[str], gateway: subprocess.Popen[bytes],
                             continue
                         click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<24} {r.period!s:<8} "
                                    f"{r.value:>14.3f}  {r.quality}")
-        totals = collector_totals(platform)
+        totals = tuple(collector_totals(level) for level in levels)
         if ticks % 5 == 0 and totals != last:
             last = totals
-            click.echo(f"  -> collector: {totals[0]} readings in {totals[1]} verified batches "
-                       f"from {DEMO_UNIT}/{DEMO_GATEWAY}")
+            (p_readings, p_batches), (n_readings, n_batches) = totals
+            click.echo(f"  -> province collector: {p_readings} readings in {p_batches} verified "
+                       f"batches from {DEMO_UNIT}/{DEMO_GATEWAY}; national: {n_readings} in "
+                       f"{n_batches}, relayed")
     return counts
 
 
-def _settle(platform: Platform) -> None:
-    """Let the collector store what the broker already holds before reading its view."""
-    last, stable_since = collector_totals(platform), time.monotonic()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and time.monotonic() - stable_since < 1.5:
+def _settle(*levels: Platform) -> None:
+    """Let the collectors store (and relay) what the brokers already hold before reading
+    their view."""
+    def now() -> tuple[tuple[int, int], ...]:
+        return tuple(collector_totals(level) for level in levels)
+
+    last, stable_since = now(), time.monotonic()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and time.monotonic() - stable_since < 2.0:
         time.sleep(0.25)
-        now = collector_totals(platform)
-        if now != last:
-            last, stable_since = now, time.monotonic()
+        if (current := now()) != last:
+            last, stable_since = current, time.monotonic()
 
 
-def _collector_view(platform: Platform) -> None:
-    readings, batches = collector_totals(platform)
-    click.echo(f"demo: the province collector stored {readings} readings in {batches} batches, "
-               "each verified (certificate, signature, hash chain); its status:")
+def _collector_view(level: Platform, name: str, how: str) -> None:
+    readings, batches = collector_totals(level)
+    click.echo(f"demo: the {name} collector stored {readings} readings in {batches} batches, "
+               f"{how}; its status:")
     res = subprocess.run([sys.executable, "-m", "kemon", "collector", "status", "-c",
-                          str(platform.collector_config)], capture_output=True, text=True,
+                          str(level.collector_config)], capture_output=True, text=True,
                          check=False)
     for line in (res.stdout + res.stderr).splitlines():
         click.echo(f"  {line}")

@@ -1,12 +1,13 @@
-"""The platform half of ``kemon demo``: a province provisioned and started as docs/provisioning.md
-tells an operator to do it.
+"""The platform half of ``kemon demo``: a province and the national platform, provisioned and
+started as docs/provisioning.md tells an operator to do it.
 
-``provision`` runs the real ``kemon provision`` commands (a CA, the broker's server certificate,
-a Mosquitto configuration with mutual TLS and the topic ACL, a collector identity and a gateway
-identity), echoing each command line and what it printed; ``start_broker`` and
-``start_collector`` start Mosquitto and ``kemon collector run`` on what was written. Nothing here
-is demo-only cryptography: the gateway reaches the collector through the same certificate checks
-a production site passes.
+``provision`` runs the real ``kemon provision`` commands for each level (a CA, the broker's
+server certificate, a Mosquitto configuration with mutual TLS and the topic ACL, a collector
+identity), the province's relay identity issued by the national CA, and a gateway identity,
+echoing each command line and what it printed; ``start_broker`` and ``start_collector`` start
+Mosquitto and ``kemon collector run`` on what was written. Nothing here is demo-only
+cryptography: the gateway reaches the province, and the province the national platform, through
+the same certificate checks a production site passes.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import click
 __all__ = ["Platform", "collector_totals", "mosquitto_binary", "provision", "run_kemon",
            "start_broker", "start_collector"]
 
-COLLECTOR = "demo"
+COLLECTOR = "demo"          # the province collector's name (CN collector-demo)
+RELAY = "js"                # the province's name at the national broker (CN collector-js)
+NATIONAL = "national"       # the national collector's name
 
 
 @dataclass(frozen=True)
 class Platform:
-    """Where the provisioned platform lives under the demo directory."""
+    """One level of the platform under the demo directory: its CA, broker and collector."""
 
     root: Path
     port: int
@@ -79,30 +82,57 @@ def run_kemon(echo: Callable[[str], None], *args: str, check: bool = True) -> in
     return res.returncode
 
 
-def provision(root: Path, *, port: int, unit: str, gateway: str, gateway_dir: Path,
-              echo: Callable[[str], None]) -> Platform:
-    """Provision a province in ``root`` and a gateway identity in ``gateway_dir``."""
-    p = Platform(root, port)
-    root.mkdir(parents=True, exist_ok=True)
-    run_kemon(echo, "provision", "ca", "init", "--dir", str(p.ca), "--name", "Kemon Demo CA")
+def _level(echo: Callable[[str], None], p: Platform, ca_name: str, collector: str,
+           relays: tuple[str, ...] = ()) -> None:
+    """A CA, the broker's identity and configuration, and a collector identity."""
+    run_kemon(echo, "provision", "ca", "init", "--dir", str(p.ca), "--name", ca_name)
     run_kemon(echo, "provision", "server", "--ca-dir", str(p.ca), "--host", "127.0.0.1",
-           "--host", "localhost", "--out", str(root / "broker-id"))
+              "--host", "localhost", "--out", str(p.root / "broker-id"))
     # the broker runs as whoever runs the demo (Mosquitto would otherwise drop to 'mosquitto',
     # which cannot read a private checkout)
     run_kemon(echo, "provision", "broker", "--ca-dir", str(p.ca), "--server-dir",
-           str(root / "broker-id"), "--port", str(port), "--collector", COLLECTOR,
-           "--user", getpass.getuser(), "--out", str(p.broker))
-    run_kemon(echo, "provision", "collector", "--ca-dir", str(p.ca), "--name", COLLECTOR,
-           "--out", str(p.collector_config.parent))
-    run_kemon(echo, "provision", "gateway", "--ca-dir", str(p.ca), "--unit", unit, "--id", gateway,
-           "--destination", f"province={p.url}", "--out", str(gateway_dir))
+              str(p.root / "broker-id"), "--port", str(p.port), "--collector", collector,
+              *(a for r in relays for a in ("--relay", r)), "--user", getpass.getuser(),
+              "--out", str(p.broker))
+    run_kemon(echo, "provision", "collector", "--ca-dir", str(p.ca), "--name", collector,
+              "--out", str(p.collector_config.parent))
+
+
+def _broker_table(p: Platform) -> str:
+    return (f"[broker]\nurl = \"{p.url}\"\nca_file = \"ca.pem\"\n"
+            "cert_file = \"collector.pem\"\nkey_file = \"collector.key\"\n")
+
+
+def provision(root: Path, *, port: int, national_port: int, unit: str, gateway: str,
+              gateway_dir: Path, echo: Callable[[str], None]) -> tuple[Platform, Platform]:
+    """Provision a province in ``root`` relaying to a national platform in ``root/national``
+    (a CA of its own), and a gateway identity in ``gateway_dir``; returns (province,
+    national)."""
+    p, n = Platform(root, port), Platform(root / "national", national_port)
+    root.mkdir(parents=True, exist_ok=True)
+    echo("  the province (Jiangsu, 320000):")
+    _level(echo, p, "Kemon Demo Jiangsu CA", COLLECTOR)
+    run_kemon(echo, "provision", "gateway", "--ca-dir", str(p.ca), "--unit", unit, "--id",
+              gateway, "--destination", f"province={p.url}", "--out", str(gateway_dir))
+    echo("  the national platform, which the province relays to (数据对接):")
+    _level(echo, n, "Kemon Demo National CA", NATIONAL, relays=(RELAY,))
+    relay_id = p.collector_config.parent / "national-id"
+    run_kemon(echo, "provision", "collector", "--ca-dir", str(n.ca), "--name", RELAY,
+              "--out", str(relay_id))
     p.collector_config.write_text(
-        "# Written by 'kemon demo': a province collector on the demo broker (docs/collector.md)\n"
+        "# Written by 'kemon demo': the province collector (docs/collector.md)\n"
         "[collector]\nrole = \"province\"\nregion = \"320000\"\n"
-        "database = \"sqlite:collector.db\"\n\n"
-        f"[broker]\nurl = \"{p.url}\"\nca_file = \"ca.pem\"\n"
-        "cert_file = \"collector.pem\"\nkey_file = \"collector.key\"\n", encoding="utf-8")
-    return p
+        "database = \"sqlite:collector.db\"\n\n" + _broker_table(p)
+        + f"\n[[upstream]]\nname = \"national\"\nurl = \"{n.url}\"\n"
+        "ca_file = \"national-id/ca.pem\"\ncert_file = \"national-id/collector.pem\"\n"
+        "key_file = \"national-id/collector.key\"\n", encoding="utf-8")
+    # gateways' certificates come from the province's CA: the national collector trusts it
+    shutil.copyfile(p.ca / "ca.pem", n.collector_config.parent / "province-ca.pem")
+    n.collector_config.write_text(
+        "# Written by 'kemon demo': the national collector (docs/collector.md)\n"
+        "[collector]\nrole = \"national\"\ndatabase = \"sqlite:collector.db\"\n"
+        "trusted_ca = [\"province-ca.pem\"]\n\n" + _broker_table(n), encoding="utf-8")
+    return p, n
 
 
 def start_broker(p: Platform, log: Path) -> subprocess.Popen[bytes]:
