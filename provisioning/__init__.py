@@ -1,7 +1,9 @@
 """Provisioning: the certificate authority and the identities of brokers, gateways and collectors.
 
-Later steps add broker configuration, the gateway bundle and SD-card image preparation on top of
-this library (the ``kemon provision`` commands are thin wrappers over it).
+Around this library: ``_mosquitto`` and ``_emqx`` (broker configuration and topic ACL),
+``_bundle``, ``_image`` and ``_hardware`` (a gateway's bundle onto the boot partition of a
+Raspberry Pi OS image; ``data/firstboot.sh`` installs it on the device), and ``_cli`` (the
+``kemon provision`` commands, thin wrappers over all of it).
 """
 
 from ._pki import (
