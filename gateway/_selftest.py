@@ -50,6 +50,7 @@ from typing import Any
 
 from cryptography import x509
 
+from protocol._cli import one_line
 from protocol._mqtt_publish import LinkError, MqttLink, tls_for
 
 from ._clock import ClockState, clock_state
@@ -69,7 +70,7 @@ from ._selftest_judge import (
 )
 from ._selftest_report import CheckResult, SelftestReport, Status, render_html, render_json
 from ._sizing import estimate_store
-from ._store import Store, StoreError
+from ._store import Store, StoreError, store_file_bytes
 from .drivers import open_driver
 from .drivers._base import Driver
 from .drivers._port_open import open_off_loop
@@ -97,9 +98,7 @@ def _disk(cfg: GatewayConfig) -> _Outcome:
     while not where.exists() and where != where.parent:
         where = where.parent
     st = os.statvfs(where)
-    store = cfg.gateway.data_dir / "store.db"
-    used = sum(os.stat(f"{store}{s}").st_size for s in ("", "-wal", "-shm")
-               if os.path.exists(f"{store}{s}"))
+    used = store_file_bytes(cfg.gateway.data_dir / "store.db")
     status, text, measured = judge_disk(st.f_bavail * st.f_frsize, used, size.retention_bytes,
                                         size.budget_bytes, size.days_that_fit,
                                         cfg.store.retention_days)
@@ -174,11 +173,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _certificate_problem(cert_file: Path) -> str | None:
     """Why the certificate in ``cert_file`` is not valid now ("expired on …"), or None."""
     try:
@@ -224,7 +218,7 @@ class _Selftest:
                                         {})
         except Exception as exc:    # a check that breaks fails; the others go on
             log.debug("check %s failed", check_id, exc_info=True)
-            status, detail, measured = Status.FAIL, _one_line(exc), {}
+            status, detail, measured = Status.FAIL, one_line(exc), {}
         return CheckResult(check_id, zh, en, status, detail, measured,
                            time.monotonic() - started)
 
@@ -317,7 +311,7 @@ class _Selftest:
         try:
             await driver.connect()
         except OSError as exc:
-            return Status.FAIL, f"cannot open {where}: {_one_line(exc)}", measured
+            return Status.FAIL, f"cannot open {where}: {one_line(exc)}", measured
         measured["open_ms"] = round((time.monotonic() - started) * 1000, 1)
         if bus.is_tcp:
             return Status.PASS, f"connected to {where}", measured

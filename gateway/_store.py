@@ -57,6 +57,7 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreReadOnlyError",
+    "store_file_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,16 @@ _PERIODS: dict[int, Period] = {code: Period(name) for name, code in PERIOD_CODES
 # SQLite primary result codes (https://www.sqlite.org/rescode.html)
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+def store_file_bytes(path: Path) -> int:
+    """Bytes a store at ``path`` takes on disk: the database file plus its WAL and
+    shared-memory index (0 when there is none)."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
 
 
 class StoreError(Exception):
@@ -537,11 +548,7 @@ class Store:
 
     def file_bytes(self) -> int:
         """Bytes on disk: the database file plus its WAL (and shared-memory index)."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                total += os.stat(f"{self.path}{suffix}").st_size
-        return total
+        return store_file_bytes(self.path)
 
     # -- eviction ----------------------------------------------------------------------------
     def prune(self, now_ms: int | None = None,

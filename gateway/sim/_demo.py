@@ -13,6 +13,7 @@ readings``) and what the collectors have verified and stored.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -100,26 +102,27 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
+def _wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
+                log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if proc.poll() is not None:
+            raise click.ClickException(f"a demo process stopped early; see {log}")
+        time.sleep(0.1)
+    raise click.ClickException(f"timed out waiting for {what}; see {log}")
+
+
 def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and text in log.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise click.ClickException(f"a demo process stopped early; see {log}")
-        time.sleep(0.1)
-    raise click.ClickException(f"timed out waiting for {text!r}; see {log}")
+    _wait_until(lambda: log.exists() and text in log.read_text(errors="replace"), repr(text),
+                proc, log, timeout)
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        if proc.poll() is not None:
-            raise click.ClickException(f"a demo process stopped early; see {log}")
-        time.sleep(0.1)
-    raise click.ClickException(f"timed out waiting for port {port}; see {log}")
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
 
 
 @click.command("demo")
@@ -163,7 +166,8 @@ def demo_command(directory: Path, duration: float, time_lapse: bool) -> None:
         for level, name in ((national, "national"), (province, "province")):
             broker_log, collector_log = logs / f"{name}-broker.log", logs / f"{name}.log"
             procs.append(start_broker(level, broker_log))
-            _wait_for_port(level.port, procs[-1], broker_log, 20)
+            _wait_until(functools.partial(_listening, level.port), f"port {level.port}",
+                        procs[-1], broker_log, 20)
             click.echo(f"demo: {name} broker (Mosquitto, mutual TLS, topic ACL) on {level.url} "
                        f"(log {broker_log})")
             procs.append(start_collector(level, collector_log))

@@ -12,10 +12,8 @@ the same certificate checks a production site passes.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import shutil
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -149,13 +147,15 @@ def start_collector(p: Platform, log: Path) -> subprocess.Popen[bytes]:
 
 
 def collector_totals(p: Platform) -> tuple[int, int]:
-    """(readings, batches) the collector has stored so far, read without disturbing it."""
+    """(readings, batches) the collector has stored so far, from its inventory (what
+    ``kemon collector status`` shows; safe while it runs)."""
     if not p.collector_db.exists():
         return 0, 0
-    uri = f"file:{p.collector_db.resolve()}?mode=ro"
-    with contextlib.suppress(sqlite3.Error), \
-            contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
-        (readings,) = db.execute("SELECT count(*) FROM reading").fetchone()
-        (batches,) = db.execute("SELECT count(*) FROM batch").fetchone()
-        return int(readings), int(batches)
-    return 0, 0
+    from collector._storage import open_storage
+
+    storage = open_storage(f"sqlite://{p.collector_db.resolve()}")
+    try:
+        rows = storage.gateways()
+    finally:
+        storage.close()
+    return sum(r.readings for r in rows), sum(r.batches for r in rows)
