@@ -40,7 +40,6 @@ import logging
 import os
 import socket
 import sqlite3
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from typing import Any
 from cryptography import x509
 
 from protocol._cli import one_line
+from protocol._files import write_atomically
 from protocol._mqtt_publish import LinkError, MqttLink, tls_for
 
 from ._clock import ClockState, clock_state
@@ -464,26 +464,11 @@ def report_paths(report: SelftestReport, directory: Path) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".html")
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_reports(report: SelftestReport, directory: Path) -> tuple[Path, Path]:
     """Write the JSON and HTML reports into ``directory`` (created if missing), each through a
     temporary file and a rename. Raises OSError."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path, html_path = report_paths(report, directory)
-    _write_atomically(json_path, render_json(report))
-    _write_atomically(html_path, render_html(report))
+    write_atomically(json_path, render_json(report).encode("utf-8"), 0o644)
+    write_atomically(html_path, render_html(report).encode("utf-8"), 0o644)
     return json_path, html_path

@@ -21,11 +21,9 @@ Errors::
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol import validate_credit_code, validate_gateway_id
+from protocol._files import write_atomically
 
 __all__ = [
     "CA_DAYS",
@@ -358,29 +357,11 @@ def make_crl(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
 # --- files ----------------------------------------------------------------------------------
 
 def _write_atomic(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Write ``data`` to a temporary file with ``mode`` beside ``path``, then put it in place:
-    ``os.replace`` when overwriting, ``os.link`` (fails if ``path`` exists) otherwise."""
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise RefusedOverwrite(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """``protocol._files.write_atomically``, refusing with ``RefusedOverwrite``."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)     # the umask may have taken bits away
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise RefusedOverwrite(path) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        write_atomically(path, data, mode, overwrite=overwrite)
+    except FileExistsError:
+        raise RefusedOverwrite(path) from None
 
 
 def write_key(path: Path | str, key: ec.EllipticCurvePrivateKey, *,
