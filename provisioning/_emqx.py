@@ -54,12 +54,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._pki import collector_common_name
+from ._acl import GATEWAY_OWN, grants
 
 __all__ = ["EMQX_VERSION", "emqx_acl", "emqx_listener_conf"]
 
 EMQX_VERSION = "5.8"
-UP, DOWN = "kemon/v1/+/+/up/#", "kemon/v1/+/+/down/#"
 
 
 def _s(text: str) -> str:
@@ -73,26 +72,17 @@ def emqx_acl(collectors: Iterable[str] = (), relays: Iterable[str] = ()) -> str:
     only to its own ``down/#``; each of ``collectors`` subscribes to every ``up/#`` and publishes
     to every ``down/#``; each of ``relays`` publishes ``up/#`` and subscribes to ``down/#``.
     Anything else is denied. Names are checked as collector names (``IdentityError``)."""
-    collectors, relays = tuple(collectors), tuple(relays)
     lines = [f"%% Written by 'kemon provision broker --kind emqx' for EMQX {EMQX_VERSION}.",
              "%% The user name is the client certificate's CN (mqtt.peer_cert_as_username = cn).",
              "%% Matched top to bottom, the first match wins.",
              "",
              "%% Gateways (CN <unit>/<gateway>): only their own prefix.",
-             '{allow, all, publish, ["kemon/v1/${username}/up/#"]}.',
-             '{allow, all, subscribe, ["kemon/v1/${username}/down/#"]}.']
-    for name in dict.fromkeys((*collectors, *relays)):
-        cn = collector_common_name(name)
-        who = f"{{user, {_s(cn)}}}"
-        roles = [role for role, names in (("collector", collectors), ("relay", relays))
-                 if name in names]
-        lines += ["", f"%% {cn}: {' and '.join(roles)}."]
-        if name in collectors:
-            lines += [f"{{allow, {who}, subscribe, [{_s(UP)}]}}.",
-                      f"{{allow, {who}, publish, [{_s(DOWN)}]}}."]
-        if name in relays:
-            lines += [f"{{allow, {who}, publish, [{_s(UP)}]}}.",
-                      f"{{allow, {who}, subscribe, [{_s(DOWN)}]}}."]
+             *(f"{{allow, all, {action}, [{_s('kemon/v1/${username}/' + topic)}]}}."
+               for action, topic in GATEWAY_OWN)]
+    for grant in grants(collectors, relays):
+        who = f"{{user, {_s(grant.common_name)}}}"
+        lines += ["", f"%% {grant.common_name}: {' and '.join(grant.roles)}.",
+                  *(f"{{allow, {who}, {action}, [{_s(topic)}]}}." for action, topic in grant.rules)]
     lines += ["", "%% Nothing else.", "{deny, all}."]
     return "\n".join(lines) + "\n"
 

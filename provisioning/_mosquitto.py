@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._pki import collector_common_name
+from ._acl import GATEWAY_OWN, grants
 
 __all__ = ["mosquitto_acl", "mosquitto_conf"]
 
@@ -21,18 +21,14 @@ def mosquitto_acl(collectors: Iterable[str] = (), relays: Iterable[str] = ()) ->
     """A gateway writes only ``kemon/v1/<its unit>/<its gateway>/up/#`` and reads only its own
     ``down/#``; each of ``collectors`` reads every ``up/#`` and writes every ``down/#``; each of
     ``relays`` (lower-level collectors relaying into this broker) writes ``up/#`` and reads
-    ``down/#``. Nothing else is allowed."""
-    collectors, relays = tuple(collectors), tuple(relays)
+    ``down/#``. Nothing else is allowed (``_acl``)."""
+    verb = {"publish": "write", "subscribe": "read"}
     lines = ["# Written by 'kemon provision broker'. The user name is the client certificate's CN.",
              "# Gateways (CN <unit>/<gateway>): only their own prefix.",
-             "pattern write kemon/v1/%u/up/#",
-             "pattern read kemon/v1/%u/down/#"]
-    for name in dict.fromkeys((*collectors, *relays)):
-        lines += ["", f"user {collector_common_name(name)}"]
-        if name in collectors:
-            lines += ["topic read kemon/v1/+/+/up/#", "topic write kemon/v1/+/+/down/#"]
-        if name in relays:
-            lines += ["topic write kemon/v1/+/+/up/#", "topic read kemon/v1/+/+/down/#"]
+             *(f"pattern {verb[action]} kemon/v1/%u/{topic}" for action, topic in GATEWAY_OWN)]
+    for grant in grants(collectors, relays):
+        lines += ["", f"user {grant.common_name}",
+                  *(f"topic {verb[action]} {topic}" for action, topic in grant.rules)]
     return "\n".join(lines) + "\n"
 
 
