@@ -180,12 +180,6 @@ class FatImage:
             raise ImageError(f"{tool} {' '.join(rest)}: {why[0] if why else 'failed'}")
         return proc.stdout
 
-    def names(self, directory: str = "") -> list[str]:
-        """Everything under ``directory`` (recursively), directories with a trailing ``/``."""
-        out = self._run("mdir", "-/", "-b", f"::/{directory}")
-        return [line.removeprefix("::/") for line in out.decode("utf-8", "replace").splitlines()
-                if line.startswith("::/")]
-
     def exists(self, path: str) -> bool:
         parent, _, name = path.rstrip("/").rpartition("/")
         try:
