@@ -248,8 +248,10 @@ def _watch(store_path: Path, shown: set[str], gateway: subprocess.Popen[bytes],
                             continue
                         click.echo(f"  {to_rfc3339(r.ts)}  {r.point:<24} {r.period!s:<8} "
                                    f"{r.value:>14.3f}  {r.quality}")
+        if ticks % 5:
+            continue
         totals = tuple(collector_totals(level) for level in levels)
-        if ticks % 5 == 0 and totals != last:
+        if totals != last:
             last = totals
             (p_readings, p_batches), (n_readings, n_batches) = totals
             click.echo(f"  -> province collector: {p_readings} readings in {p_batches} verified "
